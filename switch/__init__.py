@@ -1,0 +1,1 @@
+"""fuelswitch: the gRPC host (PosGateway, CardAdmin, Clearing) around the compiled core."""
