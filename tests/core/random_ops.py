@@ -14,28 +14,46 @@ from core import LEGS_MAX, Kind
 OPEN_KINDS = (Kind.OPEN, Kind.CREDIT)
 
 
+class MoneyModel:
+    """Balances and holds as the journal says they must be, built entry by entry.
+
+    Conservation: each balance = opening balance + credits - posted debits and
+    settlements; each held = the sum of that account's pending holds.
+    """
+
+    def __init__(self) -> None:
+        self.balance: dict[int, int] = {}
+        self.pending: dict[int, tuple[tuple[int, int], ...]] = {}
+
+    def consume(self, journal: list[Any]) -> None:
+        for e in journal:
+            if e.kind in OPEN_KINDS:
+                for account, amount in e.legs:
+                    self.balance[account] = self.balance.get(account, 0) + amount
+            elif e.kind is Kind.DEBIT or e.kind is Kind.SETTLE:
+                for account, amount in e.legs:
+                    self.balance[account] = self.balance.get(account, 0) - amount
+            if e.kind is Kind.HOLD:
+                self.pending[e.ref] = e.legs
+            elif e.kind in (Kind.SETTLE, Kind.VOID, Kind.EXPIRE):
+                self.pending.pop(e.ref, None)
+
+    def check(self, ledger: Any, accounts: list[int]) -> None:
+        held: dict[int, int] = {}
+        for legs in self.pending.values():
+            for account, amount in legs:
+                held[account] = held.get(account, 0) + amount
+        for account in accounts:
+            want = (self.balance.get(account, 0), held.get(account, 0))
+            assert ledger.balance(account) == want, f"account {account}: {ledger.balance(account)} != {want}"
+        ledger.check_invariants()
+
+
 def conservation(ledger: Any, accounts: list[int], journal: list[Any]) -> None:
-    """Sum of balances = opening balances + credits - posted debits; held = pending holds."""
-    expected: dict[int, int] = dict.fromkeys(accounts, 0)
-    pending: dict[int, dict[int, int]] = {}
-    for e in journal:
-        if e.kind in OPEN_KINDS:
-            for account, amount in e.legs:
-                expected[account] += amount
-        elif e.kind is Kind.DEBIT or e.kind is Kind.SETTLE:
-            for account, amount in e.legs:
-                expected[account] -= amount
-        if e.kind is Kind.HOLD:
-            pending[e.ref] = dict(e.legs)
-        elif e.kind in (Kind.SETTLE, Kind.VOID, Kind.EXPIRE):
-            pending.pop(e.ref, None)
-    held: dict[int, int] = dict.fromkeys(accounts, 0)
-    for legs in pending.values():
-        for account, amount in legs.items():
-            held[account] += amount
-    for account in accounts:
-        assert ledger.balance(account) == (expected[account], held[account]), f"account {account}"
-    ledger.check_invariants()
+    """Check `ledger` against the whole `journal` (see MoneyModel)."""
+    model = MoneyModel()
+    model.consume(journal)
+    model.check(ledger, accounts)
 
 
 class RandomOps:
@@ -103,7 +121,7 @@ def run_lockstep(
     for account in accounts[: gen.accounts // 2]:
         for ledger in (a, b):
             ledger.open_account(account, 20_000)
-    journal: list[Any] = []
+    model = MoneyModel()
     for i in range(n_ops):
         name, args, kwargs = gen.op()
         ra, rb = apply(a, name, args, kwargs), apply(b, name, args, kwargs)
@@ -111,11 +129,11 @@ def run_lockstep(
         if (i + 1) % check_every == 0 or i + 1 == n_ops:
             ja, jb = a.drain_journal(), b.drain_journal()
             assert ja == jb, f"seed={seed} journals differ before op#{i}"
-            journal.extend(ja)
+            model.consume(ja)
             known = [acc for acc in accounts if _exists(a, acc)]
             for acc in known:
                 assert a.balance(acc) == b.balance(acc), f"seed={seed} account {acc} after op#{i}"
-            conservation(a, known, journal)
+            model.check(a, known)
             if progress:
                 progress(i + 1)
     return n_ops

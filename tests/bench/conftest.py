@@ -1,0 +1,53 @@
+"""Benchmarks report ratios against a baseline measured in the same run (the machine is noisy).
+
+Each benchmark records its throughput with `record(group, name, ops_per_s, baseline=...)`; at the end
+of the session a one-screen table prints every group with its ratio to the group's baseline.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+_RESULTS: dict[str, dict[str, float]] = {}
+_BASELINES: dict[str, str] = {}
+_NOTES: list[str] = []
+
+
+def record(group: str, name: str, per_s: float, *, baseline: bool = False) -> None:
+    _RESULTS.setdefault(group, {})[name] = per_s
+    if baseline:
+        _BASELINES[group] = name
+
+
+def note(line: str) -> None:
+    _NOTES.append(line)
+
+
+@pytest.fixture
+def throughput(benchmark):
+    """Run `fn` (which performs `ops` operations) under pytest-benchmark; record ops per second."""
+
+    def run(group: str, name: str, fn, ops: int, *, baseline: bool = False, rounds: int = 5, setup=None):
+        benchmark.group = group
+        benchmark.pedantic(fn, setup=setup, rounds=rounds, iterations=1, warmup_rounds=1)
+        per_s = ops / benchmark.stats.stats.median
+        benchmark.extra_info["ops_per_s"] = per_s
+        record(group, name, per_s, baseline=baseline)
+        return per_s
+
+    return run
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _RESULTS and not _NOTES:
+        return
+    tr = terminalreporter
+    tr.section("fuelswitch comparison (ratios to the baseline measured in this run)")
+    tr.write_line(f"{'group':<34} {'subject':<22} {'per second':>14} {'ratio':>8}")
+    for group, rows in _RESULTS.items():
+        base = rows.get(_BASELINES.get(group, ""), 0.0)
+        for name, per_s in rows.items():
+            ratio = f"{per_s / base:.1f}x" if base else ""
+            tr.write_line(f"{group:<34} {name:<22} {per_s:>14,.0f} {ratio:>8}")
+    for line in _NOTES:
+        tr.write_line(line)
