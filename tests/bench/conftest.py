@@ -1,26 +1,14 @@
 """Benchmarks report ratios against a baseline measured in the same run (the machine is noisy).
 
-Each benchmark records its throughput with `record(group, name, ops_per_s, baseline=...)`; at the end
-of the session a one-screen table prints every group with its ratio to the group's baseline.
+Each benchmark records its throughput through `tests.bench.results`; at the end of the session a
+one-screen table prints every group with its ratio to the group's baseline.
 """
 
 from __future__ import annotations
 
 import pytest
 
-_RESULTS: dict[str, dict[str, float]] = {}
-_BASELINES: dict[str, str] = {}
-_NOTES: list[str] = []
-
-
-def record(group: str, name: str, per_s: float, *, baseline: bool = False) -> None:
-    _RESULTS.setdefault(group, {})[name] = per_s
-    if baseline:
-        _BASELINES[group] = name
-
-
-def note(line: str) -> None:
-    _NOTES.append(line)
+from tests.bench.results import BASELINES, NOTES, RESULTS, record
 
 
 @pytest.fixture
@@ -39,15 +27,15 @@ def throughput(benchmark):
 
 
 def pytest_terminal_summary(terminalreporter):
-    if not _RESULTS and not _NOTES:
+    if not RESULTS and not NOTES:
         return
     tr = terminalreporter
     tr.section("fuelswitch comparison (ratios to the baseline measured in this run)")
     tr.write_line(f"{'group':<34} {'subject':<22} {'per second':>14} {'ratio':>8}")
-    for group, rows in _RESULTS.items():
-        base = rows.get(_BASELINES.get(group, ""), 0.0)
+    for group, rows in RESULTS.items():
+        base = rows.get(BASELINES.get(group, ""), 0.0)
         for name, per_s in rows.items():
             ratio = f"{per_s / base:.1f}x" if base else ""
             tr.write_line(f"{group:<34} {name:<22} {per_s:>14,.0f} {ratio:>8}")
-    for line in _NOTES:
+    for line in NOTES:
         tr.write_line(line)

@@ -11,7 +11,7 @@ import pytest
 
 from core import Ledger, Status
 from core.reference import Ledger as ReferenceLedger
-from tests.bench.conftest import note
+from tests.bench.results import note
 from tests.core.random_ops import run_lockstep
 
 ACCOUNTS = 10_000
