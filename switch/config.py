@@ -1,0 +1,57 @@
+"""Configuration of `fuelswitch serve`: command-line flags over FUELSWITCH_* variables over a TOML file."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    listen: str = DEFAULT_LISTEN
+    data_dir: Path = Path("data")
+    operator_token: str = ""
+    dsn: str = ""  # empty: start the embedded PostgreSQL under data_dir/postgres
+    hold_ttl_s: int = 900
+    shutdown_grace_s: float = 10.0
+    log_level: str = "INFO"
+
+    def validate(self) -> ServeConfig:
+        if not self.operator_token:
+            raise ValueError("an operator token is required (--operator-token or FUELSWITCH_OPERATOR_TOKEN)")
+        host, _, port = self.listen.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"--listen must be HOST:PORT, not {self.listen!r}")
+        if not 60 <= self.hold_ttl_s <= 24 * 3600:
+            raise ValueError("hold_ttl_s must be between 60 and 86400")
+        return self
+
+
+def load_config(flags: dict[str, Any], environ: dict[str, str] | None = None) -> ServeConfig:
+    """Merge, in rising precedence: defaults, the TOML file (`config`), FUELSWITCH_* variables, flags."""
+    environ = dict(os.environ) if environ is None else environ
+    merged: dict[str, Any] = {}
+    config_file = flags.get("config") or environ.get("FUELSWITCH_CONFIG")
+    if config_file:
+        with open(config_file, "rb") as f:
+            merged.update(tomllib.load(f))
+    for field in fields(ServeConfig):
+        env = environ.get("FUELSWITCH_" + field.name.upper())
+        if env is not None:
+            merged[field.name] = env
+        if flags.get(field.name) is not None:
+            merged[field.name] = flags[field.name]
+    unknown = set(merged) - {f.name for f in fields(ServeConfig)}
+    if unknown:
+        raise ValueError(f"unknown configuration keys: {', '.join(sorted(unknown))}")
+    typed: dict[str, Any] = {}
+    for field in fields(ServeConfig):
+        if field.name in merged:
+            kind = type(getattr(ServeConfig(), field.name))
+            typed[field.name] = kind(merged[field.name])
+    return ServeConfig(**typed).validate()

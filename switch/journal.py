@@ -1,0 +1,271 @@
+"""The journal writer: group commit of many requests' decisions in one PostgreSQL transaction.
+
+A request applies its decision to the core, then `submit`s its business records (the response it
+will give, card updates, ...) and awaits the returned future. The writer loop takes every queued
+submission, drains the core's journal (which already holds the entries of all of them, since each
+core call happened before its submit), writes both in one transaction, commits, and only then
+resolves the futures. A lone request is written at once; under load, requests that arrive during a
+commit form the next batch, so batches grow with load without any timer.
+
+If a commit fails, every waiting request gets `JournalUnavailable` (the caller answers 91), and
+`on_failure` rebuilds memory from the database, so nothing uncommitted survives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from core import HoldState, JournalEntry, Kind, Ledger
+
+log = logging.getLogger("fuelswitch.journal")
+
+BATCH_SUBMISSIONS_MAX = 2_048  # submissions per transaction; the rest wait for the next one
+COMMIT_TIMEOUT_S = 5.0  # a commit slower than this counts as failed: terminals get 91, not a hang
+
+# Business records, by statement. Written in this order (parents before children), after the core's rows.
+STATEMENTS: dict[str, str] = {
+    "station": """INSERT INTO stations (station_id, name, region, latitude, longitude) VALUES ($1, $2, $3, $4, $5)
+        ON CONFLICT (station_id) DO UPDATE SET name = $2, region = $3, latitude = $4, longitude = $5""",
+    "terminal": """INSERT INTO terminals (terminal_id, station_id, public_key, state) VALUES ($1, $2, $3, $4)
+        ON CONFLICT (terminal_id) DO UPDATE SET station_id = $2, public_key = $3, state = $4""",
+    "account": """INSERT INTO accounts (account_id, kind, holder_name, balance, overdraft, opening, created_ms)
+        VALUES ($1, $2, $3, $4, $5, $4, $6)""",
+    "card": """INSERT INTO cards (card_id, account_id, pan, pvv, pin_tries, state, per_txn_limit,
+        partial_allowed, expiry, parent_card_id, created_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+        ON CONFLICT (card_id) DO UPDATE SET pin_tries = $5, state = $6, per_txn_limit = $7,
+        partial_allowed = $8, expiry = $9""",
+    "transaction": """INSERT INTO transactions (transaction_id, kind, account_id, card_id, terminal_id, station_id,
+        stan, amount, volume_ml, product_code, unit_price, original_id, reference, response_code, recorded_ms)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)""",
+    "message": """INSERT INTO pos_messages (terminal_id, stan, method, request_digest, response, effect_kind,
+        effect_ref, reversed, recorded_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+        ON CONFLICT (terminal_id, stan) DO UPDATE SET method = $3, request_digest = $4, response = $5,
+        effect_kind = $6, effect_ref = $7, reversed = $8, recorded_ms = $9""",
+}
+
+Record = tuple[str, tuple[Any, ...]]  # (statement name, arguments)
+
+
+class JournalUnavailable(Exception):
+    """The decision could not be made durable; nothing of it survives. Retryable (91)."""
+
+
+@dataclass
+class _Submission:
+    records: Sequence[Record]
+    future: asyncio.Future[None]
+
+
+@dataclass
+class WriterStats:
+    commits: int = 0
+    submissions: int = 0
+    entries: int = 0
+    failures: int = 0
+    batch_sizes: list[int] = field(default_factory=list)  # recent submissions per commit (bounded)
+
+
+class JournalWriter:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        ledger: Callable[[], Ledger],
+        on_failure: Callable[[BaseException], Awaitable[None]],
+        *,
+        clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+    ) -> None:
+        self._pool = pool
+        self._ledger = ledger
+        self._on_failure = on_failure
+        self._clock_ms = clock_ms
+        self._queue: list[_Submission] = []
+        self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.stats = WriterStats()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="journal-writer")
+
+    def submit(self, records: Sequence[Record] = ()) -> asyncio.Future[None]:
+        """Queue records (possibly none: the core's entries alone); resolves once committed."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._closing:
+            future.set_exception(JournalUnavailable("the switch is shutting down"))
+            return future
+        self._queue.append(_Submission(records, future))
+        self._idle.clear()
+        self._wakeup.set()
+        return future
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    async def flush(self) -> None:
+        """Wait until everything submitted so far is committed (or failed)."""
+        while self._queue or not self._idle.is_set():
+            await self._idle.wait()
+
+    async def close(self) -> None:
+        await self.flush()
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue:
+                batch = self._queue[:BATCH_SUBMISSIONS_MAX]
+                del self._queue[:BATCH_SUBMISSIONS_MAX]
+                entries = self._ledger().drain_journal()
+                try:
+                    await asyncio.wait_for(self._write(entries, batch), COMMIT_TIMEOUT_S)
+                except Exception as exc:  # any failure: nothing of this batch is known to be durable
+                    await self._fail(batch, exc)
+                    continue
+                for submission in batch:
+                    if not submission.future.done():
+                        submission.future.set_result(None)
+                self.stats.commits += 1
+                self.stats.submissions += len(batch)
+                self.stats.entries += len(entries)
+                self.stats.batch_sizes.append(len(batch))
+                del self.stats.batch_sizes[:-1000]
+            self._idle.set()
+
+    async def _fail(self, batch: list[_Submission], exc: BaseException) -> None:
+        """Fail this batch and everything queued behind it, then let the owner rebuild memory."""
+        log.error("journal commit failed; rebuilding state from the database: %s", exc)
+        self.stats.failures += 1
+        failed = batch + self._queue
+        self._queue = []
+        for submission in failed:
+            if not submission.future.done():
+                submission.future.set_exception(JournalUnavailable("the decision could not be made durable"))
+        await self._on_failure(exc)
+
+    async def _write(self, entries: list[JournalEntry], batch: list[_Submission]) -> None:
+        now_ms = self._clock_ms()
+        by_statement: dict[str, list[tuple[Any, ...]]] = {name: [] for name in STATEMENTS}
+        for submission in batch:
+            for name, args in submission.records:
+                by_statement[name].append(args)
+        core_rows = _core_rows(entries, self._ledger(), now_ms)
+        async with self._pool.acquire() as conn, conn.transaction():
+            for name in ("station", "terminal", "account", "card"):
+                if by_statement[name]:
+                    await conn.executemany(STATEMENTS[name], by_statement[name])
+            await _write_core(conn, core_rows)
+            for name in ("transaction", "message"):
+                if by_statement[name]:
+                    await conn.executemany(STATEMENTS[name], by_statement[name])
+
+
+@dataclass
+class _CoreRows:
+    journal: list[tuple[Any, ...]] = field(default_factory=list)
+    new_holds: dict[int, list[Any]] = field(default_factory=dict)  # hold_id -> row, updated in place
+    hold_updates: dict[int, tuple[int, list[int]]] = field(default_factory=dict)  # hold_id -> (state, posted)
+    movements: list[tuple[Any, ...]] = field(default_factory=list)
+    balance_deltas: dict[int, int] = field(default_factory=dict)
+
+
+_HOLD_END = {Kind.VOID: HoldState.VOIDED, Kind.EXPIRE: HoldState.EXPIRED}
+_MOVES = {
+    Kind.CREDIT: (Kind.CREDIT, 1),
+    Kind.DEBIT: (Kind.DEBIT, -1),
+    Kind.CREDIT_REJECTED: (Kind.CREDIT, 0),
+    Kind.DEBIT_REJECTED: (Kind.DEBIT, 0),
+}
+
+
+def _core_rows(entries: list[JournalEntry], ledger: Ledger, now_ms: int) -> _CoreRows:
+    """Fold the core's entries, in order, into row inserts and set-based updates."""
+    rows = _CoreRows()
+    for e in entries:
+        accounts = [a for a, _ in e.legs]
+        amounts = [m for _, m in e.legs]
+        rows.journal.append((e.seq, int(e.kind), e.ref, accounts, amounts, e.value, int(e.status), now_ms))
+        if e.kind in (Kind.HOLD, Kind.HOLD_REJECTED):
+            state = HoldState.PENDING if e.kind is Kind.HOLD else HoldState.REJECTED
+            rows.new_holds[e.ref] = [e.ref, accounts, amounts, [0] * len(amounts), e.value, int(state), int(e.status)]
+        elif e.kind is Kind.SETTLE:
+            _end_hold(rows, e.ref, HoldState.SETTLED, amounts)
+            for account, amount in e.legs:
+                rows.balance_deltas[account] = rows.balance_deltas.get(account, 0) - amount
+        elif e.kind in _HOLD_END:
+            _end_hold(rows, e.ref, _HOLD_END[e.kind], None)
+        elif e.kind in _MOVES:
+            kind, sign = _MOVES[e.kind]
+            (account, amount), = e.legs
+            rows.movements.append((e.ref, int(kind), account, amount, bool(e.value), int(e.status)))
+            if sign:
+                rows.balance_deltas[account] = rows.balance_deltas.get(account, 0) + sign * amount
+    return rows
+
+
+def _end_hold(rows: _CoreRows, hold_id: int, state: HoldState, posted: list[int] | None) -> None:
+    new = rows.new_holds.get(hold_id)
+    if new is not None:
+        new[5] = int(state)
+        if posted is not None:
+            new[3] = posted
+        return
+    previous = rows.hold_updates.get(hold_id)
+    keep = posted if posted is not None else (previous[1] if previous else [])
+    rows.hold_updates[hold_id] = (int(state), keep)
+
+
+async def _write_core(conn: asyncpg.Connection, rows: _CoreRows) -> None:
+    if rows.journal:
+        await conn.copy_records_to_table(
+            "journal",
+            records=rows.journal,
+            columns=["seq", "kind", "ref", "account_ids", "amounts", "value", "status", "recorded_ms"],
+        )
+    if rows.new_holds:
+        await conn.copy_records_to_table(
+            "holds",
+            records=[tuple(r) for r in rows.new_holds.values()],
+            columns=["hold_id", "account_ids", "amounts", "posted", "expires_at", "state", "status"],
+        )
+    if rows.hold_updates:
+        ids = list(rows.hold_updates)
+        states = [rows.hold_updates[h][0] for h in ids]
+        # Posted amounts as text arrays: unnest cannot carry ragged bigint[] values.
+        posted = ["{" + ",".join(map(str, rows.hold_updates[h][1])) + "}" for h in ids]
+        await conn.execute(
+            """UPDATE holds SET state = u.state,
+                   posted = CASE WHEN u.posted = '{}' THEN holds.posted ELSE u.posted::bigint[] END
+               FROM unnest($1::bigint[], $2::smallint[], $3::text[]) AS u(hold_id, state, posted)
+               WHERE holds.hold_id = u.hold_id""",
+            ids, states, posted,
+        )
+    if rows.movements:
+        await conn.copy_records_to_table(
+            "movements", records=rows.movements,
+            columns=["txn_id", "kind", "account_id", "amount", "forced", "status"],
+        )
+    if rows.balance_deltas:
+        await conn.execute(
+            """UPDATE accounts SET balance = accounts.balance + d.delta
+               FROM unnest($1::bigint[], $2::bigint[]) AS d(account_id, delta)
+               WHERE accounts.account_id = d.account_id""",
+            list(rows.balance_deltas), list(rows.balance_deltas.values()),
+        )

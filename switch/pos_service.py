@@ -1,0 +1,184 @@
+"""PosGateway over gRPC: authentication and STAN rules around the decisions in pos_decisions.
+
+Handlers receive the raw request bytes (registered with a pass-through deserializer) because the
+MAC covers the exact bytes the terminal sent; the switch never re-serializes to check it.
+Order of checks (docs/pos-protocol.md §5): metadata, session, MAC, parse, header terminal, time
+window, STAN. A refused call does not use its STAN.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from fuelswitch.v1 import pos_pb2
+from google.protobuf.message import DecodeError
+
+from switch import policy as P
+from switch import pos_decisions as D
+from switch import sm3
+from switch.app import App
+from switch.errors import RequestInvalid
+from switch.journal import JournalUnavailable
+from switch.protocol import MD_MAC, MD_SESSION_ID, MD_TERMINAL_ID, Unauthenticated
+from switch.sessions import Session, SessionTable
+from switch.state import PosMessage
+
+log = logging.getLogger("fuelswitch.pos")
+
+SERVICE = "fuelswitch.v1.PosGateway"
+
+Decide = Callable[[D.Ctx, Any], D.Outcome]
+
+# method -> (request type, response type, decision)
+METHODS: dict[str, tuple[Any, Any, Decide]] = {
+    "Authorize": (pos_pb2.AuthorizeRequest, pos_pb2.AuthorizeResponse, D.authorize),
+    "Complete": (pos_pb2.CompleteRequest, pos_pb2.CompleteResponse, D.complete),
+    "Cancel": (pos_pb2.CancelRequest, pos_pb2.CancelResponse, D.cancel),
+    "Reverse": (pos_pb2.ReverseRequest, pos_pb2.ReverseResponse, D.reverse),
+    "Purchase": (pos_pb2.PurchaseRequest, pos_pb2.PurchaseResponse, D.purchase),
+    "Refund": (pos_pb2.RefundRequest, pos_pb2.RefundResponse, D.refund),
+    "BalanceInquiry": (pos_pb2.BalanceInquiryRequest, pos_pb2.BalanceInquiryResponse, D.balance_inquiry),
+}
+NOT_BOUND_TO_STAN = (P.ISSUER_UNAVAILABLE, P.SYSTEM_MALFUNCTION)  # an identical repeat is processed again
+
+
+class PosGateway:
+    def __init__(self, app: App) -> None:
+        self.app = app
+        # (terminal, STAN) -> (request digest, future of the response bytes) while the first copy is in flight
+        self._inflight: dict[tuple[str, int], tuple[bytes, asyncio.Future[bytes]]] = {}
+
+    # -- SignOn --------------------------------------------------------------------
+
+    async def sign_on(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        try:
+            req = pos_pb2.SignOnRequest.FromString(raw)
+        except DecodeError as exc:
+            raise RequestInvalid("SignOnRequest does not parse") from exc
+        app = self.app
+        now = app.clock_ms()
+        terminal = app.state.terminals.get(req.terminal_id)
+        public_key = terminal.public_key if terminal and terminal.state == "active" else None
+        loop = asyncio.get_running_loop()
+        try:
+            # SM2 verification and encryption are pure-Python (gmssl): keep them off the event loop.
+            await loop.run_in_executor(
+                None, SessionTable.check_signon, req.terminal_id, public_key, req.nonce, req.terminal_time_ms,
+                req.signature, now,
+            )
+        except ValueError as exc:
+            raise RequestInvalid(str(exc)) from exc
+        assert terminal is not None and public_key is not None
+        app.sessions.claim_nonce(req.terminal_id, req.nonce)
+        mac_key, pin_key = SessionTable.new_keys()
+        encrypted = await loop.run_in_executor(None, app.encrypt_keys, public_key, mac_key + pin_key)
+        session = app.sessions.install(req.terminal_id, mac_key, pin_key, app.clock_ms())
+        response = pos_pb2.SignOnResponse(
+            response_code=P.APPROVED, message="signed on", session_id=session.session_id,
+            encrypted_keys=encrypted, expires_at_ms=session.expires_at_ms, host_time_ms=app.clock_ms(),
+            station_id=terminal.station_id,
+        )
+        return response.SerializeToString()
+
+    # -- every other call --------------------------------------------------------------
+
+    def handler(self, method: str) -> Callable[[bytes, grpc.aio.ServicerContext], Any]:
+        async def handle(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            return await self._handle(method, raw, context)
+
+        return handle
+
+    async def _handle(self, method: str, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        app = self.app
+        request_type, response_type, decide = METHODS[method]
+        now = app.clock_ms()
+        md = dict(context.invocation_metadata() or ())
+        session = app.sessions.authenticate(md.get(MD_TERMINAL_ID), md.get(MD_SESSION_ID), md.get(MD_MAC), raw, now)
+        try:
+            req = request_type.FromString(raw)
+        except DecodeError as exc:
+            raise RequestInvalid(f"{request_type.__name__} does not parse") from exc
+        SessionTable.check_header(session, req.header.terminal_id, req.header.terminal_time_ms, now)
+        if req.header.stan == 0:
+            raise RequestInvalid("header.stan must not be 0")
+        body = await self._answer(method, req, raw, session, response_type, decide)
+        context.set_trailing_metadata(((MD_MAC, sm3.mac_hex(session.mac_key, body)),))
+        return body
+
+    async def _answer(self, method: str, req: Any, raw: bytes, session: Session, response_type: Any,
+                      decide: Decide) -> bytes:
+        app = self.app
+        key = (session.terminal_id, req.header.stan)
+        digest = sm3.sm3(raw)
+        inflight = self._inflight.get(key)
+        if inflight is not None:
+            if inflight[0] == digest:
+                return await asyncio.shield(inflight[1])  # the retransmission gets the original's answer
+            return _code(response_type, P.DUPLICATE, "STAN already used for another message")
+        seen = app.state.messages.get(key)
+        if seen is not None:
+            if seen.request_digest == digest and seen.response is not None:
+                return seen.response
+            return _code(response_type, P.DUPLICATE, "STAN already used for another message")
+        if method == "Reverse":
+            await self._settled(session.terminal_id, req.original_stan)
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = (digest, future)
+        try:
+            body = await self._decide_and_commit(method, req, session, key, digest, response_type, decide)
+            future.set_result(body)
+            return body
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters re-raise it themselves
+            raise
+        finally:
+            del self._inflight[key]
+
+    async def _settled(self, terminal_id: str, stan: int) -> None:
+        """Let an original still in flight finish before its reversal is decided."""
+        inflight = self._inflight.get((terminal_id, stan))
+        if inflight is not None:
+            await asyncio.wait([inflight[1]])
+
+    async def _decide_and_commit(self, method: str, req: Any, session: Session, key: tuple[str, int],
+                                 digest: bytes, response_type: Any, decide: Decide) -> bytes:
+        app = self.app
+        if not app.available:
+            return _code(response_type, P.ISSUER_UNAVAILABLE, "host is recovering; retry")
+        state = app.state
+        terminal = state.terminals.get(session.terminal_id)
+        if terminal is None or terminal.state != "active":
+            raise Unauthenticated("unknown-terminal", "terminal is not registered or not active")
+        ctx = D.Ctx(state, session.terminal_id, terminal.station_id, req.header.stan, session.pin_key,
+                    app.pvk, app.clock_ms(), app.config.hold_ttl_ms)
+        outcome = decide(ctx, req)
+        body = outcome.response.SerializeToString()
+        message = PosMessage(method, digest, body, outcome.effect_kind, outcome.effect_ref)
+        row = ("message", (key[0], key[1], method, digest, body, outcome.effect_kind, outcome.effect_ref,
+                           False, ctx.now_ms))
+        commit = app.writer.submit([*outcome.records, row])
+        try:
+            await commit
+        except JournalUnavailable:
+            return _code(response_type, P.ISSUER_UNAVAILABLE, "decision not durable; retry")
+        app.state.messages[key] = message
+        return body
+
+
+def _code(response_type: Any, code: str, text: str) -> bytes:
+    return bytes(response_type(response_code=code, message=text).SerializeToString())
+
+
+def method_handlers(gateway: PosGateway, guard: Callable[..., Any]) -> grpc.GenericRpcHandler:
+    """Register every PosGateway method with pass-through (de)serializers, each wrapped in `guard`."""
+    handlers = {
+        "SignOn": grpc.unary_unary_rpc_method_handler(guard(gateway.sign_on)),
+    }
+    for method in METHODS:
+        handlers[method] = grpc.unary_unary_rpc_method_handler(guard(gateway.handler(method)))
+    return grpc.method_handlers_generic_handler(SERVICE, handlers)

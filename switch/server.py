@@ -1,0 +1,96 @@
+"""`fuelswitch serve`: the grpc.aio server with health and reflection, and a graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import signal
+from dataclasses import dataclass
+
+import asyncpg
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from switch import admin_service, pos_service
+from switch.app import App, AppConfig
+from switch.config import ServeConfig
+from switch.errors import guard
+from switch.keys import load_or_create_pvk
+from switch.migrate import migrate
+from switch.pgembedded import EmbeddedPostgres
+
+log = logging.getLogger("fuelswitch.server")
+
+MESSAGE_BYTES_MAX = 1 << 20  # no POS message comes near 1 MiB; refuse bigger ones at the transport
+POOL_SIZE_MAX = 8
+SERVICES = (pos_service.SERVICE, admin_service.SERVICE)
+
+
+@dataclass
+class RunningSwitch:
+    server: grpc.aio.Server
+    app: App
+    pool: asyncpg.Pool
+    health: health_aio.HealthServicer
+    port: int
+    pg: EmbeddedPostgres | None
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """Refuse new calls, let in-flight ones finish, commit everything decided, close the database."""
+        for service in ("", *SERVICES):
+            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.stop(grace_s)
+        await self.app.close()
+        await self.pool.close()
+        if self.pg is not None:
+            await asyncio.to_thread(self.pg.stop)
+
+
+async def start_switch(config: ServeConfig) -> RunningSwitch:
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    pg = None
+    dsn = config.dsn
+    if not dsn:
+        pg = EmbeddedPostgres(config.data_dir / "postgres")
+        dsn = await asyncio.to_thread(pg.start)
+    await migrate(dsn)
+    pool = await asyncpg.create_pool(dsn, min_size=2, max_size=POOL_SIZE_MAX)
+    app = App(pool, load_or_create_pvk(config.data_dir), AppConfig(hold_ttl_ms=config.hold_ttl_s * 1000))
+    await app.start()
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
+        ("grpc.max_send_message_length", MESSAGE_BYTES_MAX),
+        ("grpc.so_reuseport", 0),
+    ])
+    wrap = functools.partial(guard, clock_ms=app.clock_ms)
+    server.add_generic_rpc_handlers([
+        pos_service.method_handlers(pos_service.PosGateway(app), wrap),
+        admin_service.method_handlers(admin_service.CardAdmin(app, config.operator_token), wrap),
+    ])
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection((*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                                         reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(config.listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {config.listen}")
+    await server.start()
+    for service in ("", *SERVICES):
+        await health.set(service, health_pb2.HealthCheckResponse.SERVING)
+    log.info("fuelswitch serving on port %d (database %s)", port, "embedded" if pg else "external")
+    return RunningSwitch(server, app, pool, health, port, pg)
+
+
+async def serve_forever(config: ServeConfig) -> None:
+    running = await start_switch(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"fuelswitch listening on {config.listen.rpartition(':')[0]}:{running.port}", flush=True)
+    await stop.wait()
+    log.info("shutting down: draining in-flight calls")
+    await running.stop(config.shutdown_grace_s)

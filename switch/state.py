@@ -1,0 +1,129 @@
+"""The switch's in-memory state: the ledger plus what policy needs to decide without a database trip.
+
+PostgreSQL is the source of truth; `switch.recovery.load_state` rebuilds all of this from it at start
+and after a failed commit, so memory always equals what is committed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from core import Ledger
+from switch.sessions import SessionTable
+
+CARD_STATES = ("active", "frozen", "lost", "closed", "expired")
+ACCOUNT_KINDS = ("personal", "family", "fleet")
+
+
+@dataclass
+class AccountMeta:
+    account_id: int
+    kind: str
+    holder_name: str
+    created_ms: int
+
+
+@dataclass
+class Card:
+    card_id: int
+    account_id: int
+    pan: str
+    pvv: bytes
+    pin_tries: int
+    state: str
+    per_txn_limit: int  # fen; 0 = none
+    partial_allowed: bool
+    expiry: str  # YYYY-MM
+    parent_card_id: int | None
+    created_ms: int
+
+    @property
+    def masked_pan(self) -> str:
+        return mask_pan(self.pan)
+
+    def row(self) -> tuple[object, ...]:
+        return (
+            self.card_id, self.account_id, self.pan, self.pvv, self.pin_tries, self.state,
+            self.per_txn_limit, self.partial_allowed, self.expiry, self.parent_card_id, self.created_ms,
+        )
+
+
+@dataclass
+class Station:
+    station_id: str
+    name: str
+    region: str
+    latitude: float
+    longitude: float
+
+
+@dataclass
+class Terminal:
+    terminal_id: str
+    station_id: str
+    public_key: str
+    state: str = "active"
+
+
+@dataclass
+class PosMessage:
+    """What a terminal was told for one STAN (or that the STAN was reversed before it arrived)."""
+
+    method: str
+    request_digest: bytes | None  # None: reversed before use
+    response: bytes | None
+    effect_kind: str = ""  # hold | debit | credit | ''
+    effect_ref: int = 0
+    reversed: bool = False
+
+
+@dataclass
+class IdAllocator:
+    """One int64 id space for holds, movements, cards and accounts: ids never collide across kinds."""
+
+    next_id: int
+
+    def take(self) -> int:
+        value = self.next_id
+        self.next_id += 1
+        return value
+
+
+@dataclass
+class SwitchState:
+    ledger: Ledger
+    ids: IdAllocator
+    accounts: dict[int, AccountMeta] = field(default_factory=dict)
+    cards: dict[int, Card] = field(default_factory=dict)
+    cards_by_pan: dict[str, Card] = field(default_factory=dict)
+    stations: dict[str, Station] = field(default_factory=dict)
+    terminals: dict[str, Terminal] = field(default_factory=dict)
+    messages: dict[tuple[str, int], PosMessage] = field(default_factory=dict)
+    topups: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # reference -> (txn, account, amount)
+    sales: dict[int, Sale] = field(default_factory=dict)  # refundable transactions by id
+    refunds: dict[int, tuple[int, int, int]] = field(default_factory=dict)  # refund id -> (account, amount, sale)
+    hold_cards: dict[int, tuple[int, str]] = field(default_factory=dict)  # hold id -> (card id, terminal id)
+    completions: dict[int, int] = field(default_factory=dict)  # hold id -> its sale's transaction id
+    sessions: SessionTable = field(default_factory=SessionTable)
+
+    def add_card(self, card: Card) -> None:
+        self.cards[card.card_id] = card
+        self.cards_by_pan[card.pan] = card
+
+
+@dataclass
+class Sale:
+    """A posted sale (complete or purchase) that a refund may draw on."""
+
+    transaction_id: int
+    account_id: int
+    card_id: int
+    station_id: str
+    amount: int
+    refunded: int = 0
+
+
+def mask_pan(pan: str) -> str:
+    if len(pan) <= 10:
+        return "*" * len(pan)
+    return pan[:6] + "*" * (len(pan) - 10) + pan[-4:]
