@@ -31,8 +31,8 @@ bench: $(STAMP)
 	$(BIN)/python -m pytest -q tests/bench --benchmark-only --benchmark-columns=min,median,mean,ops,rounds --benchmark-sort=name -p no:randomly
 
 lint: $(STAMP)
-	$(BIN)/ruff check core switch ext loadtest tests setup.py
-	$(BIN)/mypy core switch ext loadtest
+	$(BIN)/ruff check core switch loadtest tests setup.py
+	$(BIN)/mypy core switch loadtest
 
 clean:
 	rm -rf build *.egg-info core/*.cpp core/*.so proto/fuelswitch/v1/*_pb2*.py proto/fuelswitch/v1/*_pb2*.pyi

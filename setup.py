@@ -82,7 +82,7 @@ class BuildExtWithProtos(build_ext):
 
 
 setup(
-    packages=["core", "switch", "ext", "loadtest", "fuelswitch", "fuelswitch.v1"],
+    packages=["core", "switch", "loadtest", "fuelswitch", "fuelswitch.v1"],
     package_dir={"fuelswitch": "proto/fuelswitch"},
     package_data={"core": ["*.pyi", "*.pxd", "*.pyx", "*.pxi", "py.typed"], "switch": ["migrations/*.sql"]},
     ext_modules=core_extensions(),

@@ -30,7 +30,8 @@ CARD_VALIDITY_YEARS = 5
 PUBLIC_KEY_RE = re.compile(r"^04[0-9a-fA-F]{128}$")
 PIN_RE = re.compile(r"^[0-9]{4,6}$")
 EXPIRY_RE = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])$")
-LIST_LIMIT_MAX = 1_000
+LIST_LIMIT_DEFAULT = 50
+LIST_LIMIT_MAX = 500
 TOPUP_MAX_FEN = AMOUNT_MAX_FEN * 10  # ¥1,000,000 in one top-up
 STATE_CHANGES = {
     "active": {"frozen", "lost", "closed"},
@@ -202,8 +203,11 @@ class CardAdmin:
         return _card_message(card)
 
     async def list_transactions(self, req: admin_pb2.ListTransactionsRequest, _: Any) -> admin_pb2.ListTransactionsResponse:
-        where = ["transaction_id > $1"]
-        args: list[object] = [int(req.page_token) if req.page_token.isdigit() else 0]
+        if not req.account_id and not req.card_id:
+            raise RequestInvalid("account_id or card_id is required")
+        # Newest first; the page token is the last transaction id of the previous page.
+        where = ["transaction_id < $1"]
+        args: list[object] = [int(req.page_token) if req.page_token.isdigit() else 2**63 - 1]
         for column, value in (("account_id", req.account_id), ("card_id", req.card_id)):
             if value:
                 args.append(_id(value, column))
@@ -220,8 +224,8 @@ class CardAdmin:
         if req.kinds:
             args.append(list(req.kinds))
             where.append(f"kind = ANY(${len(args)}::text[])")
-        limit = min(req.limit or 100, LIST_LIMIT_MAX)
-        sql = f"SELECT * FROM transactions WHERE {' AND '.join(where)} ORDER BY transaction_id LIMIT {limit + 1}"
+        limit = min(req.limit or LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX)
+        sql = f"SELECT * FROM transactions WHERE {' AND '.join(where)} ORDER BY transaction_id DESC LIMIT {limit + 1}"
         async with self.app.pool.acquire() as conn:
             rows = await conn.fetch(sql, *args)
         page, more = rows[:limit], len(rows) > limit

@@ -7,6 +7,7 @@ import pytest
 
 from loadtest.provision import provision
 from loadtest.terminal import Terminal
+from switch.audit import check_conservation
 from switch.config import ServeConfig
 from switch.server import start_switch
 
@@ -18,10 +19,25 @@ def switch_config(fresh_db, tmp_path):
     return ServeConfig(listen="127.0.0.1:0", data_dir=tmp_path, operator_token=OPERATOR_TOKEN, dsn=fresh_db)
 
 
+async def assert_memory_equals_database(running) -> None:
+    """Conservation holds in PostgreSQL, and the core's memory equals what PostgreSQL committed."""
+    await running.app.writer.flush()
+    async with running.pool.acquire() as conn:
+        report = await check_conservation(conn)
+        assert report.ok, report
+        rows = await conn.fetch(
+            "SELECT a.account_id, a.balance, coalesce((SELECT sum(x) FROM holds h, unnest(h.amounts) x"
+            " WHERE h.state = 1 AND a.account_id = ANY(h.account_ids)), 0) AS held FROM accounts a"
+        )
+    for r in rows:
+        assert running.app.state.ledger.balance(r["account_id"]) == (r["balance"], r["held"]), r["account_id"]
+
+
 @pytest.fixture
 async def switch(switch_config):
     running = await start_switch(switch_config)
     yield running
+    await assert_memory_equals_database(running)
     await running.stop(0.5)
 
 
