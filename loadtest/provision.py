@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from fuelswitch.v1 import admin_pb2, admin_pb2_grpc
@@ -42,7 +43,7 @@ class Operator:
         self.stub = admin_pb2_grpc.CardAdminStub(channel)
         self.metadata = ((MD_AUTHORIZATION, f"Bearer {token}"),)
 
-    async def call(self, method: str, request: object) -> object:
+    async def call(self, method: str, request: Any) -> Any:
         return await getattr(self.stub, method)(request, metadata=self.metadata)
 
 
@@ -59,24 +60,49 @@ async def provision(
     partial_allowed: bool = True,
 ) -> Network:
     op = Operator(channel, token)
-    await op.call("RegisterStation", admin_pb2.RegisterStationRequest(
-        station_id=station_id, name="中石化 示范站", region="110105", latitude=39.93, longitude=116.45))
+    await op.call(
+        "RegisterStation",
+        admin_pb2.RegisterStationRequest(
+            station_id=station_id,
+            name="中石化 示范站",
+            region="110105",
+            latitude=39.93,
+            longitude=116.45,
+        ),
+    )
     keys = await asyncio.to_thread(lambda: [sm2.generate_keypair() for _ in range(terminals)])
     specs = []
     for n, (private, public) in enumerate(keys, start=1):
         terminal_id = f"{station_id}-T{n:03d}"
-        await op.call("RegisterTerminal", admin_pb2.RegisterTerminalRequest(
-            terminal_id=terminal_id, station_id=station_id, public_key=public))
+        await op.call(
+            "RegisterTerminal",
+            admin_pb2.RegisterTerminalRequest(
+                terminal_id=terminal_id, station_id=station_id, public_key=public
+            ),
+        )
         specs.append(TerminalSpec(terminal_id, private, public))
     card_specs = []
     for n in range(cards):
-        account = await op.call("CreateAccount", admin_pb2.CreateAccountRequest(kind="personal", holder_name=f"司机{n}"))
-        card = await op.call("IssueCard", admin_pb2.IssueCardRequest(
-            account_id=account.account_id, pin=pin, per_transaction_limit=per_txn_limit,  # type: ignore[attr-defined]
-            partial_allowed=partial_allowed))
+        account = await op.call(
+            "CreateAccount", admin_pb2.CreateAccountRequest(kind="personal", holder_name=f"司机{n}")
+        )
+        card = await op.call(
+            "IssueCard",
+            admin_pb2.IssueCardRequest(
+                account_id=account.account_id,
+                pin=pin,
+                per_transaction_limit=per_txn_limit,
+                partial_allowed=partial_allowed,
+            ),
+        )
         if balance_fen:
-            await op.call("TopUp", admin_pb2.TopUpRequest(
-                account_id=account.account_id, amount=balance_fen,  # type: ignore[attr-defined]
-                reference=f"provision-{station_id}-{n}"))
-        card_specs.append(CardSpec(card.pan, pin, balance_fen, card.card_id, account.account_id))  # type: ignore[attr-defined]
+            await op.call(
+                "TopUp",
+                admin_pb2.TopUpRequest(
+                    account_id=account.account_id,
+                    amount=balance_fen,
+                    reference=f"provision-{station_id}-{n}",
+                ),
+            )
+        card_specs.append(CardSpec(card.pan, pin, balance_fen, card.card_id, account.account_id))
     return Network(station_id, specs, card_specs)

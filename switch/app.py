@@ -40,7 +40,7 @@ class App:
         self.config = config
         self.clock_ms = clock_ms
         self.sessions = SessionTable(config.session_ttl_ms)
-        self.available = False
+        self.serving = asyncio.Event()  # set while decisions may be taken (cleared during recovery)
         self.state: SwitchState
         self.writer = JournalWriter(pool, lambda: self.state.ledger, self._recover, clock_ms=clock_ms)
         self._sweeper: asyncio.Task[None] | None = None
@@ -54,21 +54,25 @@ class App:
             self.state = await load_state(conn, self.clock_ms())
         self.writer.start()
         self._sweeper = asyncio.create_task(self._sweep_expired(), name="expiry-sweep")
-        self.available = True
+        self.serving.set()
+
+    @property
+    def available(self) -> bool:
+        return self.serving.is_set()
 
     async def close(self) -> None:
         """Stop taking decisions, then commit everything already decided."""
         if self._sweeper is not None:
             self._sweeper.cancel()
         await self.writer.close()
-        self.available = False
+        self.serving.clear()
 
     async def commit(self, records: list[tuple[str, tuple[object, ...]]]) -> None:
         await self.writer.submit(records)
 
     async def _recover(self, exc: BaseException) -> None:
         """After a failed commit: answer 91 until memory is rebuilt from what PostgreSQL committed."""
-        self.available = False
+        self.serving.clear()
         delay = 0.05
         while True:
             try:
@@ -79,7 +83,7 @@ class App:
                 log.warning("recovery failed, retrying in %.2fs: %s", delay, err)
                 await asyncio.sleep(delay)  # back-off between reconnect attempts, not synchronisation
                 delay = min(delay * 2, RECOVERY_RETRY_S_MAX)
-        self.available = True
+        self.serving.set()
         log.info("state rebuilt from the database; serving again")
 
     async def _sweep_expired(self) -> None:
