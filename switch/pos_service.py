@@ -43,7 +43,8 @@ METHODS: dict[str, tuple[Any, Any, Decide]] = {
     "Refund": (pos_pb2.RefundRequest, pos_pb2.RefundResponse, D.refund),
     "BalanceInquiry": (pos_pb2.BalanceInquiryRequest, pos_pb2.BalanceInquiryResponse, D.balance_inquiry),
 }
-NOT_BOUND_TO_STAN = (P.ISSUER_UNAVAILABLE, P.SYSTEM_MALFUNCTION)  # an identical repeat is processed again
+PAN_LEN_MIN, PAN_LEN_MAX = 16, 19
+PIN_BLOCK_LEN_BYTES = 16
 
 
 class PosGateway:
@@ -102,9 +103,10 @@ class PosGateway:
             req = request_type.FromString(raw)
         except DecodeError as exc:
             raise RequestInvalid(f"{request_type.__name__} does not parse") from exc
+        if not req.HasField("header"):
+            raise RequestInvalid("header is required")
         SessionTable.check_header(session, req.header.terminal_id, req.header.terminal_time_ms, now)
-        if req.header.stan == 0:
-            raise RequestInvalid("header.stan must not be 0")
+        check_well_formed(req)
         body = await self._answer(method, req, raw, session, response_type, decide)
         context.set_trailing_metadata(((MD_MAC, sm3.mac_hex(session.mac_key, body)),))
         return body
@@ -168,6 +170,18 @@ class PosGateway:
             return _code(response_type, P.ISSUER_UNAVAILABLE, "decision not durable; retry")
         app.state.messages[key] = message
         return body
+
+
+def check_well_formed(req: Any) -> None:
+    """Malformed messages (a terminal software bug) are INVALID_ARGUMENT naming the field (§11)."""
+    if req.header.stan == 0:
+        raise RequestInvalid("header.stan must not be 0")
+    pan = getattr(req, "pan", None)
+    if pan is not None and not (PAN_LEN_MIN <= len(pan) <= PAN_LEN_MAX and pan.isascii() and pan.isdigit()):
+        raise RequestInvalid("pan must be 16 to 19 decimal digits")
+    pin_block = getattr(req, "pin_block", b"")
+    if pin_block and len(pin_block) != PIN_BLOCK_LEN_BYTES:
+        raise RequestInvalid(f"pin_block must be {PIN_BLOCK_LEN_BYTES} bytes (or empty)")
 
 
 def _code(response_type: Any, code: str, text: str) -> bytes:
