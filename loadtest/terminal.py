@@ -28,9 +28,9 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 import grpc
 import grpc.aio
+from fuelswitch.v1 import pos_pb2
 from google.protobuf.message import Message
 
-from fuelswitch.v1 import pos_pb2
 from switch import pinblock, sm2, sm3
 from switch.protocol import (
     MD_HOST_TIME,
@@ -219,7 +219,7 @@ class Terminal:
         On UNAUTHENTICATED `clock-skew` carrying `fs-host-time-ms` the clock is corrected and the
         sign-on retried once with a new nonce (unless `fix_clock_skew=False`). Other gRPC errors
         propagate; a non-"00" response raises SignOnRefused; a bad `encrypted_keys` (C3 mismatch)
-        raises ValueError from sm2.decrypt.
+        raises TerminalError.
         """
         try:
             return await self._sign_on_once(nonce)
@@ -248,7 +248,10 @@ class Terminal:
         response = pos_pb2.SignOnResponse.FromString(raw)
         if response.response_code != "00":
             raise SignOnRefused(response.response_code, response.message)
-        keys = sm2.decrypt(self._private_key_hex, response.encrypted_keys)
+        try:
+            keys = sm2.decrypt(self._private_key_hex, response.encrypted_keys)
+        except ValueError as exc:  # C3 mismatch, bad point, wrong length: reject the response
+            raise TerminalError(f"encrypted_keys rejected: {exc}") from exc
         if len(keys) != 2 * SESSION_KEY_LEN_BYTES:
             raise TerminalError(f"encrypted_keys decrypts to {len(keys)} bytes, expected 32")
         self._session = TerminalSession(
@@ -397,7 +400,9 @@ class Terminal:
         )
         return await self._typed("Complete", request, pos_pb2.CompleteResponse, stan)
 
-    async def cancel(self, hold_id: str, *, stan: int | None = None) -> Sent[pos_pb2.CancelResponse]:
+    async def cancel(
+        self, hold_id: str, *, stan: int | None = None
+    ) -> Sent[pos_pb2.CancelResponse]:
         request = pos_pb2.CancelRequest(hold_id=hold_id)
         return await self._typed("Cancel", request, pos_pb2.CancelResponse, stan)
 
