@@ -91,6 +91,7 @@ class JournalWriter:
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._conn: asyncpg.Connection | None = None  # the writer's own: no pool reset per batch
         self.stats = WriterStats()
 
     def start(self) -> None:
@@ -125,6 +126,13 @@ class JournalWriter:
                 await self._task
             except asyncio.CancelledError:
                 pass
+        await self._drop_connection()
+
+    async def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.terminate()  # its state is unknown after a failure; never hand it back to the pool
+            await self._pool.release(conn)
 
     async def _run(self) -> None:
         while True:
@@ -153,6 +161,7 @@ class JournalWriter:
         """Fail this batch and everything queued behind it, then let the owner rebuild memory."""
         log.error("journal commit failed; rebuilding state from the database: %s", exc)
         self.stats.failures += 1
+        await self._drop_connection()
         failed = batch + self._queue
         self._queue = []
         for submission in failed:
@@ -166,8 +175,11 @@ class JournalWriter:
         for submission in batch:
             for name, args in submission.records:
                 by_statement[name].append(args)
-        core_rows = _core_rows(entries, self._ledger(), now_ms)
-        async with self._pool.acquire() as conn, conn.transaction():
+        core_rows = _core_rows(entries, now_ms)
+        if self._conn is None:
+            self._conn = await self._pool.acquire()
+        conn = self._conn
+        async with conn.transaction():
             for name in ("station", "terminal", "account", "card"):
                 if by_statement[name]:
                     await conn.executemany(STATEMENTS[name], by_statement[name])
@@ -195,7 +207,7 @@ _MOVES = {
 }
 
 
-def _core_rows(entries: list[JournalEntry], ledger: Ledger, now_ms: int) -> _CoreRows:
+def _core_rows(entries: list[JournalEntry], now_ms: int) -> _CoreRows:
     """Fold the core's entries, in order, into row inserts and set-based updates."""
     rows = _CoreRows()
     for e in entries:

@@ -31,11 +31,11 @@ def pytest_terminal_summary(terminalreporter):
         return
     tr = terminalreporter
     tr.section("fuelswitch comparison (ratios to the baseline measured in this run)")
-    tr.write_line(f"{'group':<34} {'subject':<22} {'per second':>14} {'ratio':>8}")
+    tr.write_line(f"{"group":<38} {"subject":<18} {'per second':>14} {'ratio':>8}")
     for group, rows in RESULTS.items():
         base = rows.get(BASELINES.get(group, ""), 0.0)
         for name, per_s in rows.items():
             ratio = f"{per_s / base:.1f}x" if base else ""
-            tr.write_line(f"{group:<34} {name:<22} {per_s:>14,.0f} {ratio:>8}")
+            tr.write_line(f"{group:<38} {name:<18} {per_s:>14,.0f} {ratio:>8}")
     for line in NOTES:
         tr.write_line(line)
