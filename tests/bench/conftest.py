@@ -31,7 +31,7 @@ def pytest_terminal_summary(terminalreporter):
         return
     tr = terminalreporter
     tr.section("fuelswitch comparison (ratios to the baseline measured in this run)")
-    tr.write_line(f"{"group":<38} {"subject":<18} {'per second':>14} {'ratio':>8}")
+    tr.write_line(f"{'group':<38} {'subject':<18} {'per second':>14} {'ratio':>8}")
     for group, rows in RESULTS.items():
         base = rows.get(BASELINES.get(group, ""), 0.0)
         for name, per_s in rows.items():
