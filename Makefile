@@ -28,7 +28,7 @@ demo: $(STAMP)
 	$(BIN)/fuelswitch demo
 
 bench: $(STAMP)
-	$(BIN)/python -m pytest -q tests/bench --benchmark-only --benchmark-columns=min,median,mean,ops,rounds --benchmark-sort=name -p no:randomly
+	$(BIN)/python -m pytest -q tests/bench --benchmark-columns=min,median,mean,ops,rounds --benchmark-sort=name -p no:randomly
 
 lint: $(STAMP)
 	$(BIN)/ruff check core switch loadtest tests setup.py

@@ -9,15 +9,9 @@ from typing import Any
 import grpc
 from fuelswitch.v1 import admin_pb2, admin_pb2_grpc
 
+from loadtest.workload import TerminalSpec
 from switch import sm2
 from switch.protocol import MD_AUTHORIZATION
-
-
-@dataclass(frozen=True)
-class TerminalSpec:
-    terminal_id: str
-    private_key_hex: str
-    public_key_hex: str
 
 
 @dataclass(frozen=True)
