@@ -49,7 +49,7 @@ def _server(command: list[str], ready_prefix: str, env: dict[str, str]) -> Itera
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S
         assert proc.stdout is not None
-        seen = []
+        seen: list[str] = []
         while time.monotonic() < deadline:
             line = proc.stdout.readline()
             if not line:
