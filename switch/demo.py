@@ -32,7 +32,7 @@ from switch.products import amount_for_volume
 from switch.server import RunningSwitch, start_switch
 
 CARDS_PER_TERMINAL = 4
-CARD_BALANCE_FEN = 500_000  # ¥5,000
+CARD_BALANCE_FEN = 2_000_000  # ¥20,000: enough that approvals, not empty cards, dominate 15 s
 LATENCY_US_MAX = 60_000_000
 
 
