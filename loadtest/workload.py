@@ -67,7 +67,7 @@ class CardSpec(NamedTuple):
 
 
 class TerminalLike(Protocol):
-    """Anything with TerminalSpec's attributes (e.g. loadtest.provision.TerminalSpec)."""
+    """Anything with TerminalSpec's attributes (a TerminalSpec, or a terminal record of a test)."""
 
     @property
     def terminal_id(self) -> str: ...
