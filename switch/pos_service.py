@@ -157,7 +157,7 @@ class PosGateway:
         if terminal is None or terminal.state != "active":
             raise Unauthenticated("unknown-terminal", "terminal is not registered or not active")
         ctx = D.Ctx(state, session.terminal_id, terminal.station_id, req.header.stan, session.pin_key,
-                    app.pvk, app.clock_ms(), app.config.hold_ttl_ms)
+                    app.keyring, app.clock_ms(), app.config.hold_ttl_ms)
         outcome = decide(ctx, req)
         body = outcome.response.SerializeToString()
         message = PosMessage(method, digest, body, outcome.effect_kind, outcome.effect_ref)
