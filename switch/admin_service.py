@@ -17,12 +17,12 @@ import grpc
 from fuelswitch.v1 import admin_pb2
 
 from core import Status
-from switch import pinblock
+from switch import cardnumbers, pinblock
 from switch.app import App
 from switch.errors import OperatorError, RequestInvalid
 from switch.policy import AMOUNT_MAX_FEN, CST
 from switch.protocol import MD_AUTHORIZATION
-from switch.state import ACCOUNT_KINDS, AccountMeta, Card, Station, Terminal
+from switch.state import ACCOUNT_KINDS, TERMINAL_STATES, AccountMeta, Card, Station, Terminal
 
 SERVICE = "fuelswitch.v1.CardAdmin"
 PAN_PREFIX = "900001"  # this network's issuer identification number (19-digit PANs)
@@ -163,14 +163,17 @@ class CardAdmin:
         state, now = self.app.state, self.app.clock_ms()
         card_id = state.ids.take()
         pan = pan_for(card_id)
+        keyring = self.app.keyring
+        pvk_version, pvk = keyring.current("pvk")
         card = Card(
-            card_id, account_id, pan, pinblock.pin_verification_value(self.app.pvk, pan, req.pin), 0, "active",
+            card_id, account_id, cardnumbers.pan_index(keyring, pan), cardnumbers.encrypt(keyring, pan),
+            cardnumbers.mask_pan(pan), pinblock.pin_verification_value(pvk, pan, req.pin), pvk_version, 0, "active",
             limit, req.partial_allowed or req.controls.partial_allowed, req.expiry or _default_expiry(now),
             parent.card_id if parent else None, now,
         )
         state.add_card(card)
         await self.app.commit([("card", card.row())])
-        return _card_message(card, full_pan=True)
+        return _card_message(card, full_pan=pan)
 
     async def get_card(self, req: admin_pb2.GetCardRequest, _: Any) -> admin_pb2.Card:
         return _card_message(self._card(req.card_id))
@@ -197,7 +200,9 @@ class CardAdmin:
         if not PIN_RE.match(req.pin):
             raise RequestInvalid("pin must be 4 to 6 digits")
         self._writable()
-        card.pvv = pinblock.pin_verification_value(self.app.pvk, card.pan, req.pin)
+        keyring = self.app.keyring
+        card.pvk_version, pvk = keyring.current("pvk")
+        card.pvv = pinblock.pin_verification_value(pvk, cardnumbers.decrypt(keyring, card.pan_enc), req.pin)
         card.pin_tries = 0
         await self.app.commit([("card", card.row())])
         return _card_message(card)
@@ -271,13 +276,34 @@ class CardAdmin:
         self._writable()
         terminal = Terminal(req.terminal_id, req.station_id, req.public_key.lower())
         previous = self.app.state.terminals.get(terminal.terminal_id)
-        if previous is not None and previous.public_key != terminal.public_key:
-            self.app.sessions.end_terminal(terminal.terminal_id)  # a new key ends the old session at once
+        if previous is not None:
+            # Re-registering does not lift a suspension or revocation: that takes SetTerminalState.
+            terminal.state, terminal.state_reason = previous.state, previous.state_reason
+            if previous.public_key != terminal.public_key:
+                self.app.sessions.end_terminal(terminal.terminal_id)  # a new key ends the old session at once
         self.app.state.terminals[terminal.terminal_id] = terminal
-        await self.app.commit([("terminal", (terminal.terminal_id, terminal.station_id, terminal.public_key,
-                                             terminal.state))])
-        return admin_pb2.Terminal(terminal_id=terminal.terminal_id, station_id=terminal.station_id,
-                                  public_key=terminal.public_key)
+        await self.app.commit([("terminal", terminal.row())])
+        return _terminal_message(terminal)
+
+    async def set_terminal_state(self, req: admin_pb2.SetTerminalStateRequest, _: Any) -> admin_pb2.Terminal:
+        terminal = self.app.state.terminals.get(req.terminal_id)
+        if terminal is None:
+            raise OperatorError(grpc.StatusCode.NOT_FOUND, f"terminal {req.terminal_id} is not registered")
+        if req.state not in TERMINAL_STATES:
+            raise RequestInvalid(f"state must be one of {', '.join(TERMINAL_STATES)}")
+        self._writable()
+        terminal.state, terminal.state_reason = req.state, "" if req.state == "active" else req.reason
+        if req.state != "active":
+            self.app.sessions.end_terminal(terminal.terminal_id)  # its session dies now, not at expiry
+        self.app.abuse_reset(terminal.terminal_id)
+        await self.app.commit([("terminal", terminal.row())])
+        return _terminal_message(terminal)
+
+
+def _terminal_message(terminal: Terminal) -> admin_pb2.Terminal:
+    return admin_pb2.Terminal(terminal_id=terminal.terminal_id, station_id=terminal.station_id,
+                              public_key=terminal.public_key, state=terminal.state,
+                              state_reason=terminal.state_reason)
 
 
 def _default_expiry(now_ms: int) -> str:
@@ -285,9 +311,10 @@ def _default_expiry(now_ms: int) -> str:
     return f"{now.year + CARD_VALIDITY_YEARS:04d}-{now.month:02d}"
 
 
-def _card_message(card: Card, full_pan: bool = False) -> admin_pb2.Card:
+def _card_message(card: Card, full_pan: str = "") -> admin_pb2.Card:
+    """`full_pan` only when the card was just issued: the one response that carries the number."""
     return admin_pb2.Card(
-        card_id=str(card.card_id), pan=card.pan if full_pan else "", masked_pan=card.masked_pan, state=card.state,
+        card_id=str(card.card_id), pan=full_pan, masked_pan=card.masked_pan, state=card.state,
         account_id=str(card.account_id), parent_card_id=str(card.parent_card_id or ""), expiry=card.expiry,
         controls=admin_pb2.CardControls(per_transaction_limit=card.per_txn_limit,
                                         partial_allowed=card.partial_allowed),
@@ -306,6 +333,7 @@ ROUTES: dict[str, tuple[str, Any]] = {
     "ListTransactions": ("list_transactions", admin_pb2.ListTransactionsRequest),
     "RegisterStation": ("register_station", admin_pb2.RegisterStationRequest),
     "RegisterTerminal": ("register_terminal", admin_pb2.RegisterTerminalRequest),
+    "SetTerminalState": ("set_terminal_state", admin_pb2.SetTerminalStateRequest),
 }
 
 

@@ -10,7 +10,10 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from switch import keyring as K
 from switch import sm2
+from switch.abuse import AbuseConfig, FailureCounter, TokenBuckets
+from switch.cardnumbers import seal_clear_pans
 from switch.journal import JournalWriter
 from switch.recovery import load_state
 from switch.sessions import SessionTable
@@ -26,6 +29,10 @@ class AppConfig:
     hold_ttl_ms: int = 15 * 60 * 1000  # a pre-authorization lasts 15 minutes unless completed
     expiry_sweep_interval_ms: int = 1_000
     session_ttl_ms: int = 24 * 3600 * 1000
+    key_refresh_interval_ms: int = 5_000  # how soon a rotation made elsewhere is used for new writes
+    abuse: AbuseConfig = AbuseConfig()
+    journal_queue_max: int = 20_000  # decisions waiting for a commit; beyond it, RESOURCE_EXHAUSTED
+    terminal_certificates: bool = False  # TLS client certificates required: a terminal's CN is its id
 
 
 def wall_clock_ms() -> int:
@@ -33,17 +40,24 @@ def wall_clock_ms() -> int:
 
 
 class App:
-    def __init__(self, pool: asyncpg.Pool, pvk: bytes, config: AppConfig = AppConfig(),
-                 clock_ms: Callable[[], int] = wall_clock_ms) -> None:
+    def __init__(self, pool: asyncpg.Pool, master_key: bytes, config: AppConfig = AppConfig(),
+                 clock_ms: Callable[[], int] = wall_clock_ms, *, legacy_pvk: bytes | None = None) -> None:
         self.pool = pool
-        self.pvk = pvk
         self.config = config
         self.clock_ms = clock_ms
         self.sessions = SessionTable(config.session_ttl_ms)
         self.serving = asyncio.Event()  # set while decisions may be taken (cleared during recovery)
         self.state: SwitchState
-        self.writer = JournalWriter(pool, lambda: self.state.ledger, self._recover, clock_ms=clock_ms)
-        self._sweeper: asyncio.Task[None] | None = None
+        self.keyring: K.Keyring
+        self.writer = JournalWriter(pool, lambda: self.state.ledger, self._recover, lambda: self.keyring,
+                                    clock_ms=clock_ms)
+        self._master_key = master_key
+        self._legacy_pvk = legacy_pvk
+        self._tasks: list[asyncio.Task[None]] = []
+        abuse = config.abuse
+        self.request_rate = TokenBuckets(abuse.requests_per_s, abuse.burst)
+        self.signon_rate = TokenBuckets(abuse.signons_per_minute / 60, abuse.signon_burst)
+        self.mac_failures = FailureCounter(abuse.mac_failures_max, abuse.mac_failure_window_ms)
 
     @staticmethod
     def encrypt_keys(public_key: str, keys: bytes) -> bytes:
@@ -51,10 +65,47 @@ class App:
 
     async def start(self) -> None:
         async with self.pool.acquire() as conn:
+            self.keyring = await K.load_keyring(conn, self._master_key, legacy_pvk=self._legacy_pvk)
+            sealed = await seal_clear_pans(conn, self.keyring)
+            if sealed:
+                log.info("encrypted %d card numbers stored in clear before migration 0002", sealed)
             self.state = await load_state(conn, self.clock_ms())
         self.writer.start()
-        self._sweeper = asyncio.create_task(self._sweep_expired(), name="expiry-sweep")
+        self._tasks = [
+            asyncio.create_task(self._sweep_expired(), name="expiry-sweep"),
+            asyncio.create_task(self._refresh_keys_periodically(), name="key-refresh"),
+        ]
         self.serving.set()
+
+    def abuse_reset(self, terminal_id: str) -> None:
+        """An operator changed the terminal's state: start its MAC-failure count afresh."""
+        self.mac_failures.clear(terminal_id)
+
+    async def suspend_terminal(self, terminal_id: str, reason: str) -> None:
+        """Suspend now (memory and session), persist, and report it in the log for operators."""
+        terminal = self.state.terminals.get(terminal_id)
+        if terminal is None or terminal.state != "active":
+            return
+        terminal.state, terminal.state_reason = "suspended", reason
+        self.sessions.end_terminal(terminal_id)
+        log.warning("SECURITY terminal %s (station %s) suspended: %s", terminal_id, terminal.station_id, reason)
+        await self.commit([("terminal", terminal.row())])
+
+    async def refresh_keyring(self) -> bool:
+        """Pick up data-key versions added by `fuelswitch keys rotate`; True if anything changed."""
+        async with self.pool.acquire() as conn:
+            if await K.key_versions(conn) == self.keyring.versions():
+                return False
+            self.keyring = await K.read_keyring(conn, self._master_key)
+        log.info("data keys now at %s", ", ".join(f"{p} v{v}" for p, v in sorted(self.keyring.versions().items())))
+        return True
+
+    async def rotate_keys(self, purposes: tuple[str, ...] = K.ROTATABLE) -> dict[str, int]:
+        """Add new data-key versions and use them for new writes at once."""
+        async with self.pool.acquire() as conn:
+            new = await K.rotate(conn, self._master_key, purposes)
+        await self.refresh_keyring()
+        return new
 
     @property
     def available(self) -> bool:
@@ -62,8 +113,8 @@ class App:
 
     async def close(self) -> None:
         """Stop taking decisions, then commit everything already decided."""
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        for task in self._tasks:
+            task.cancel()
         await self.writer.close()
         self.serving.clear()
 
@@ -85,6 +136,15 @@ class App:
                 delay = min(delay * 2, RECOVERY_RETRY_S_MAX)
         self.serving.set()
         log.info("state rebuilt from the database; serving again")
+
+    async def _refresh_keys_periodically(self) -> None:
+        interval_s = self.config.key_refresh_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval_s)  # a periodic timer, not synchronisation
+            try:
+                await self.refresh_keyring()
+            except Exception as exc:  # the database may be down; the keys in use stay valid
+                log.warning("key refresh failed: %s", exc)
 
     async def _sweep_expired(self) -> None:
         interval_s = self.config.expiry_sweep_interval_ms / 1000

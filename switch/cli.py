@@ -1,4 +1,4 @@
-"""The `fuelswitch` command: serve, db migrate, admin, demo."""
+"""The `fuelswitch` command: serve, db migrate, verify, keys, admin, demo."""
 
 from __future__ import annotations
 
@@ -15,8 +15,50 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", dest="data_dir", type=Path, help="data directory (FUELSWITCH_DATA_DIR)")
     parser.add_argument("--operator-token", dest="operator_token", help="operator API token (FUELSWITCH_OPERATOR_TOKEN)")
     parser.add_argument("--dsn", help="PostgreSQL DSN; without it an embedded PostgreSQL runs under the data dir")
+    parser.add_argument("--master-key-file", dest="master_key_file", type=Path,
+                        help="file with the 64-hex-character master key (else FUELSWITCH_MASTER_KEY, "
+                             "else <data dir>/keys/master.key)")
     parser.add_argument("--hold-ttl-s", dest="hold_ttl_s", type=int, help="pre-authorization lifetime (default 900)")
+    parser.add_argument("--session-ttl-s", dest="session_ttl_s", type=int,
+                        help="terminal session key lifetime, at most 86400 (default)")
+    parser.add_argument("--tls-cert", dest="tls_cert", type=Path, help="PEM certificate chain for the gRPC listener")
+    parser.add_argument("--tls-key", dest="tls_key", type=Path, help="PEM private key of --tls-cert")
+    parser.add_argument("--tls-client-ca", dest="tls_client_ca", type=Path,
+                        help="PEM CA bundle: require client certificates signed by it (terminals: CN = terminal id)")
     parser.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING (default INFO)")
+
+
+def _database_flags(parser: argparse.ArgumentParser) -> None:
+    """The subset of serve flags a maintenance command needs to find the database and the keys."""
+    parser.add_argument("--config", help="TOML file (the serve configuration)")
+    parser.add_argument("--data-dir", dest="data_dir", type=Path, help="data directory (FUELSWITCH_DATA_DIR)")
+    parser.add_argument("--dsn", help="PostgreSQL DSN; without it the data dir's embedded PostgreSQL is used")
+    parser.add_argument("--master-key-file", dest="master_key_file", type=Path, help="file with the master key")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fuelswitch", description="fuel-card authorization and clearing host")
+    commands = parser.add_subparsers(dest="command", required=True)
+    _serve_flags(commands.add_parser("serve", help="run the switch"))
+    db = commands.add_parser("db", help="database maintenance")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    _database_flags(db_commands.add_parser("migrate", help="apply the schema migrations and exit"))
+    verify = commands.add_parser("verify", help="check the journal's hash chain and balances against the journal")
+    _database_flags(verify)
+    keys = commands.add_parser("keys", help="data keys under the master key")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    rotate = key_commands.add_parser("rotate", help="add a new version of data keys (a running switch "
+                                                    "uses it within seconds; old versions stay readable)")
+    _database_flags(rotate)
+    rotate.add_argument("--purpose", action="append", choices=("pan", "pvk", "journal"),
+                        help="rotate only this purpose (repeatable; default all)")
+    _database_flags(key_commands.add_parser("list", help="show the data-key versions"))
+    commands.add_parser("admin", help="operator commands over CardAdmin (fuelswitch admin --help)")
+    demo = commands.add_parser("demo", help="start the switch on the embedded PostgreSQL and drive pump traffic")
+    demo.add_argument("--duration-s", type=float, default=15.0)
+    demo.add_argument("--terminals", type=int, default=16)
+    demo.add_argument("--core-only", action="store_true", help="demonstrate the hold/settle core alone")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,19 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         from switch import admin_cli
 
         return admin_cli.main(argv[1:])
-    parser = argparse.ArgumentParser(prog="fuelswitch", description="fuel-card authorization and clearing host")
-    commands = parser.add_subparsers(dest="command", required=True)
-    _serve_flags(commands.add_parser("serve", help="run the switch"))
-    db = commands.add_parser("db", help="database maintenance")
-    db_commands = db.add_subparsers(dest="db_command", required=True)
-    migrate_parser = db_commands.add_parser("migrate", help="apply the schema migrations and exit")
-    _serve_flags(migrate_parser)
-    commands.add_parser("admin", help="operator commands over CardAdmin (fuelswitch admin --help)")
-    demo = commands.add_parser("demo", help="start the switch on the embedded PostgreSQL and drive pump traffic")
-    demo.add_argument("--duration-s", type=float, default=15.0)
-    demo.add_argument("--terminals", type=int, default=16)
-    demo.add_argument("--core-only", action="store_true", help="demonstrate the hold/settle core alone")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.command == "demo":
         if args.core_only:
             from switch.core_demo import run_core_demo
@@ -49,43 +79,26 @@ def main(argv: list[str] | None = None) -> int:
     from switch.config import load_config
 
     try:
-        flags = {k: v for k, v in vars(args).items() if k not in ("command", "db_command")}
-        if args.command == "db":
-            flags.setdefault("operator_token", None)
-            flags["operator_token"] = flags["operator_token"] or "unused-by-migrate"
+        flags = {k: v for k, v in vars(args).items() if k not in ("command", "db_command", "keys_command", "purpose")}
+        if args.command != "serve":
+            flags["operator_token"] = flags.get("operator_token") or "unused-by-maintenance"
         config = load_config(flags)
     except (ValueError, OSError) as exc:
         print(f"fuelswitch: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.command == "db":
-        return asyncio.run(_migrate(config))
-    import uvloop
+    if args.command == "serve":
+        import uvloop
 
-    from switch.server import serve_forever
+        from switch.server import serve_forever
 
-    uvloop.run(serve_forever(config))
-    return 0
+        uvloop.run(serve_forever(config))
+        return 0
+    from switch import maintenance
 
-
-async def _migrate(config: object) -> int:
-    from switch.config import ServeConfig
-    from switch.migrate import migrate
-    from switch.pgembedded import EmbeddedPostgres
-
-    assert isinstance(config, ServeConfig)
-    pg = None
-    dsn = config.dsn
-    if not dsn:
-        pg = EmbeddedPostgres(config.data_dir / "postgres")
-        dsn = pg.start()
-    try:
-        applied = await migrate(dsn)
-        print(f"applied migrations: {applied or 'none (up to date)'}")
-    finally:
-        if pg is not None:
-            pg.stop()
-    return 0
+    command = {"db": maintenance.migrate_command, "verify": maintenance.verify_command,
+               "keys": maintenance.keys_command}[args.command]
+    return asyncio.run(command(config, args))
 
 
 if __name__ == "__main__":

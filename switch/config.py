@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,14 @@ class ServeConfig:
     hold_ttl_s: int = 900
     shutdown_grace_s: float = 10.0
     log_level: str = "INFO"
+    master_key_file: Path | None = None  # None: FUELSWITCH_MASTER_KEY, else <data_dir>/keys/master.key
+    session_ttl_s: int = 24 * 3600
+    terminal_requests_per_s: float = 500.0  # per-terminal rate limit (RESOURCE_EXHAUSTED above it)
+    terminal_burst: int = 1_000
+    max_concurrent_rpcs: int = 4_096  # calls in progress; more get RESOURCE_EXHAUSTED from gRPC itself
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None  # require client certificates signed by this CA
 
     def validate(self) -> ServeConfig:
         if not self.operator_token:
@@ -29,6 +38,15 @@ class ServeConfig:
             raise ValueError(f"--listen must be HOST:PORT, not {self.listen!r}")
         if not 60 <= self.hold_ttl_s <= 24 * 3600:
             raise ValueError("hold_ttl_s must be between 60 and 86400")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        if self.tls_cert is None and host not in LOOPBACK_HOSTS:
+            raise ValueError(f"listening on {host} without TLS would send keys and PIN blocks in clear; "
+                             "give --tls-cert/--tls-key, or listen on 127.0.0.1")
+        if not 60 <= self.session_ttl_s <= 24 * 3600:
+            raise ValueError("session_ttl_s must be between 60 and 86400 (terminal keys live at most 24 h)")
         return self
 
 
@@ -52,6 +70,7 @@ def load_config(flags: dict[str, Any], environ: dict[str, str] | None = None) ->
     typed: dict[str, Any] = {}
     for field in fields(ServeConfig):
         if field.name in merged:
-            kind = type(getattr(ServeConfig(), field.name))
+            default = getattr(ServeConfig(), field.name)
+            kind = Path if default is None else type(default)  # every optional setting is a file
             typed[field.name] = kind(merged[field.name])
     return ServeConfig(**typed).validate()

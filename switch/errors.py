@@ -21,6 +21,10 @@ class RequestInvalid(Exception):
     """The request is malformed (INVALID_ARGUMENT); the message says what is wrong."""
 
 
+class Overloaded(Exception):
+    """Refused before any decision to protect the host (RESOURCE_EXHAUSTED); retry later, same STAN."""
+
+
 class OperatorError(Exception):
     """An operator API refusal with an explicit gRPC status (NOT_FOUND, ALREADY_EXISTS, ...)."""
 
@@ -45,6 +49,8 @@ def guard(
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except OperatorError as exc:
             await context.abort(exc.code, str(exc))
+        except Overloaded as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except JournalUnavailable as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         except grpc.aio.AbortError:

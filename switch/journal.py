@@ -23,6 +23,8 @@ from typing import Any
 import asyncpg
 
 from core import HoldState, JournalEntry, Kind, Ledger
+from switch import journal_chain
+from switch.keyring import Keyring
 
 log = logging.getLogger("fuelswitch.journal")
 
@@ -33,14 +35,16 @@ COMMIT_TIMEOUT_S = 5.0  # a commit slower than this counts as failed: terminals 
 STATEMENTS: dict[str, str] = {
     "station": """INSERT INTO stations (station_id, name, region, latitude, longitude) VALUES ($1, $2, $3, $4, $5)
         ON CONFLICT (station_id) DO UPDATE SET name = $2, region = $3, latitude = $4, longitude = $5""",
-    "terminal": """INSERT INTO terminals (terminal_id, station_id, public_key, state) VALUES ($1, $2, $3, $4)
-        ON CONFLICT (terminal_id) DO UPDATE SET station_id = $2, public_key = $3, state = $4""",
+    "terminal": """INSERT INTO terminals (terminal_id, station_id, public_key, state, state_reason)
+        VALUES ($1, $2, $3, $4, $5)
+        ON CONFLICT (terminal_id) DO UPDATE SET station_id = $2, public_key = $3, state = $4, state_reason = $5""",
     "account": """INSERT INTO accounts (account_id, kind, holder_name, balance, overdraft, opening, created_ms)
         VALUES ($1, $2, $3, $4, $5, $4, $6)""",
-    "card": """INSERT INTO cards (card_id, account_id, pan, pvv, pin_tries, state, per_txn_limit,
-        partial_allowed, expiry, parent_card_id, created_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-        ON CONFLICT (card_id) DO UPDATE SET pin_tries = $5, state = $6, per_txn_limit = $7,
-        partial_allowed = $8, expiry = $9""",
+    "card": """INSERT INTO cards (card_id, account_id, pan_index, pan_enc, masked_pan, pvv, pvk_version, pin_tries,
+        state, per_txn_limit, partial_allowed, expiry, parent_card_id, created_ms)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+        ON CONFLICT (card_id) DO UPDATE SET pan_enc = $4, pvv = $6, pvk_version = $7, pin_tries = $8, state = $9,
+        per_txn_limit = $10, partial_allowed = $11, expiry = $12""",
     "transaction": """INSERT INTO transactions (transaction_id, kind, account_id, card_id, terminal_id, station_id,
         stan, amount, volume_ml, product_code, unit_price, original_id, reference, response_code, recorded_ms)
         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)""",
@@ -78,6 +82,7 @@ class JournalWriter:
         pool: asyncpg.Pool,
         ledger: Callable[[], Ledger],
         on_failure: Callable[[BaseException], Awaitable[None]],
+        keyring: Callable[[], Keyring],
         *,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
     ) -> None:
@@ -92,6 +97,8 @@ class JournalWriter:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._conn: asyncpg.Connection | None = None  # the writer's own: no pool reset per batch
+        self._keyring = keyring
+        self._head = journal_chain.GENESIS  # chain of the last committed journal row (read with _conn)
         self.stats = WriterStats()
 
     def start(self) -> None:
@@ -178,7 +185,10 @@ class JournalWriter:
         core_rows = _core_rows(entries, now_ms)
         if self._conn is None:
             self._conn = await self._pool.acquire()
+            self._head = await _chain_head(self._conn)
         conn = self._conn
+        version, key = self._keyring().current("journal")
+        head = _chain(core_rows.journal, version, key, self._head)
         async with conn.transaction():
             for name in ("station", "terminal", "account", "card"):
                 if by_statement[name]:
@@ -187,6 +197,23 @@ class JournalWriter:
             for name in ("transaction", "message"):
                 if by_statement[name]:
                     await conn.executemany(STATEMENTS[name], by_statement[name])
+        self._head = head  # committed; after a failure the head is read again with a new connection
+
+
+async def _chain_head(conn: asyncpg.Connection) -> bytes:
+    head = await conn.fetchval("SELECT chain FROM journal ORDER BY seq DESC LIMIT 1")
+    return bytes(head) if head is not None else journal_chain.GENESIS
+
+
+def _chain(rows: list[tuple[Any, ...]], version: int, key: bytes, head: bytes) -> bytes:
+    """Append (key_version, prev_chain, chain) to each journal row, in order; return the new head."""
+    for i, row in enumerate(rows):
+        _, kind, ref, accounts, amounts, value, status, recorded_ms = row
+        link = journal_chain.link(key, head, journal_chain.content(kind, ref, accounts, amounts, value, status,
+                                                                    recorded_ms))
+        rows[i] = (*row, version, head, link)
+        head = link
+    return head
 
 
 @dataclass
@@ -249,7 +276,8 @@ async def _write_core(conn: asyncpg.Connection, rows: _CoreRows) -> None:
         await conn.copy_records_to_table(
             "journal",
             records=rows.journal,
-            columns=["seq", "kind", "ref", "account_ids", "amounts", "value", "status", "recorded_ms"],
+            columns=["seq", "kind", "ref", "account_ids", "amounts", "value", "status", "recorded_ms",
+                     "key_version", "prev_chain", "chain"],
         )
     if rows.new_holds:
         await conn.copy_records_to_table(

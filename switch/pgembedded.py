@@ -192,6 +192,25 @@ class EmbeddedPostgres:
     def dsn(self) -> str:
         return self.dsn_for(SUPERUSER)
 
+    def running_dsn(self) -> str | None:
+        """The DSN of a server another process runs on this data_dir (its lock held), else None.
+
+        Lets maintenance commands (`fuelswitch verify`, `keys rotate`) work beside a running switch.
+        """
+        lock = self.data_dir / "lock"
+        if not lock.exists() or not (self.data_dir / "port").exists():
+            return None
+        fd = os.open(lock, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:  # held: an owner is alive, and its server uses the recorded port
+            port = int((self.data_dir / "port").read_text())
+            return (f"postgresql://{SUPERUSER}:{quote(self._read_password(), safe='')}"
+                    f"@{LOOPBACK}:{port}/{SUPERUSER}")
+        finally:
+            os.close(fd)
+        return None
+
     def dsn_for(self, database: str) -> str:
         """DSN of `database` on this server, for the `postgres` superuser."""
         if self.port is None or self._password is None:

@@ -63,7 +63,7 @@ class PinResult:
     tries_changed: bool  # the card's try counter changed and must be persisted
 
 
-def check_pin(card: Card, pvk: bytes, pin_key: bytes, pin_block: bytes) -> PinResult:
+def check_pin(card: Card, pan: str, pvk: bytes, pin_key: bytes, pin_block: bytes) -> PinResult:
     """Verify the encrypted PIN block; count wrong PINs and lock at PIN_TRIES_MAX.
 
     A block that does not decode as format 0 is refused (55) without counting a try: it is a
@@ -72,10 +72,10 @@ def check_pin(card: Card, pvk: bytes, pin_key: bytes, pin_block: bytes) -> PinRe
     if not pin_block:
         return PinResult(INCORRECT_PIN, False)
     try:
-        pin = pinblock.decrypt_pin(pin_key, pin_block, card.pan)
+        pin = pinblock.decrypt_pin(pin_key, pin_block, pan)
     except pinblock.PinBlockError:
         return PinResult(INCORRECT_PIN, False)
-    if pinblock.verify_pin(pvk, card.pan, pin, card.pvv):
+    if pinblock.verify_pin(pvk, pan, pin, card.pvv):
         changed = card.pin_tries != 0
         card.pin_tries = 0
         return PinResult(None, changed)

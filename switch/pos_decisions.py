@@ -13,8 +13,10 @@ from typing import Any
 from fuelswitch.v1 import pos_pb2
 
 from core import HoldState, Status
+from switch import cardnumbers, pinblock
 from switch import policy as P
 from switch.journal import Record
+from switch.keyring import Keyring
 from switch.products import (
     LIST_PRICE_FEN_PER_L,
     PRODUCTS,
@@ -31,7 +33,7 @@ class Ctx:
     station_id: str
     stan: int
     pin_key: bytes
-    pvk: bytes
+    keyring: Keyring
     now_ms: int
     hold_ttl_ms: int
 
@@ -59,12 +61,18 @@ def _txn_row(ctx: Ctx, txn_id: int, kind: str, card: Card | None, account_id: in
 
 def _card_checks(ctx: Ctx, pan: str, pin_block: bytes, records: list[Record]) -> tuple[str | None, Card | None]:
     """Card known and usable, PIN right. Appends the card's new try counter to records if it changed."""
-    card = ctx.state.cards_by_pan.get(pan)
+    card = ctx.state.cards_by_index.get(cardnumbers.pan_index(ctx.keyring, pan))
     code = P.card_state_code(card, ctx.now_ms)
     if code is not None or card is None:
         return code, card
-    pin = P.check_pin(card, ctx.pvk, ctx.pin_key, pin_block)
-    if pin.tries_changed:
+    pin = P.check_pin(card, pan, ctx.keyring.get("pvk", card.pvk_version), ctx.pin_key, pin_block)
+    changed = pin.tries_changed
+    if pin.code is None and card.pvk_version != ctx.keyring.current("pvk")[0]:
+        # The PIN was just proven: re-derive its check value under the newest PIN-verification key.
+        card.pvk_version, pvk = ctx.keyring.current("pvk")
+        card.pvv = pinblock.pin_verification_value(pvk, pan, pinblock.decrypt_pin(ctx.pin_key, pin_block, pan))
+        changed = True
+    if changed:
         records.append(("card", card.row()))
     return pin.code, card
 

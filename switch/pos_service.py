@@ -21,7 +21,7 @@ from switch import policy as P
 from switch import pos_decisions as D
 from switch import sm3
 from switch.app import App
-from switch.errors import RequestInvalid
+from switch.errors import Overloaded, RequestInvalid
 from switch.journal import JournalUnavailable
 from switch.protocol import MD_MAC, MD_SESSION_ID, MD_TERMINAL_ID, Unauthenticated
 from switch.sessions import Session, SessionTable
@@ -98,7 +98,19 @@ class PosGateway:
         request_type, response_type, decide = METHODS[method]
         now = app.clock_ms()
         md = dict(context.invocation_metadata() or ())
-        session = app.sessions.authenticate(md.get(MD_TERMINAL_ID), md.get(MD_SESSION_ID), md.get(MD_MAC), raw, now)
+        try:
+            session = app.sessions.authenticate(md.get(MD_TERMINAL_ID), md.get(MD_SESSION_ID), md.get(MD_MAC), raw,
+                                                now)
+        except Unauthenticated as exc:
+            if exc.token == "bad-mac":  # only reachable with the terminal's live session id
+                await self._mac_failed(str(md.get(MD_TERMINAL_ID)), now)
+            raise
+        if app.config.terminal_certificates:
+            check_certificate(context, session.terminal_id)
+        if not app.request_rate.take(session.terminal_id, now):
+            raise Overloaded(f"terminal {session.terminal_id} exceeds {app.config.abuse.requests_per_s:g} requests/s")
+        if app.writer.queue_depth >= app.config.journal_queue_max:
+            raise Overloaded("the host is at capacity; retry with the same STAN")
         try:
             req = request_type.FromString(raw)
         except DecodeError as exc:
@@ -110,6 +122,14 @@ class PosGateway:
         body = await self._answer(method, req, raw, session, response_type, decide)
         context.set_trailing_metadata(((MD_MAC, sm3.mac_hex(session.mac_key, body)),))
         return body
+
+    async def _mac_failed(self, terminal_id: str, now: int) -> None:
+        app = self.app
+        log.warning("SECURITY bad MAC from terminal %s", terminal_id)
+        if app.mac_failures.record(terminal_id, now):
+            abuse = app.config.abuse
+            await app.suspend_terminal(terminal_id, f"{abuse.mac_failures_max} MAC failures within "
+                                                    f"{abuse.mac_failure_window_ms // 60_000} min")
 
     async def _answer(self, method: str, req: Any, raw: bytes, session: Session, response_type: Any,
                       decide: Decide) -> bytes:
@@ -170,6 +190,13 @@ class PosGateway:
             return _code(response_type, P.ISSUER_UNAVAILABLE, "decision not durable; retry")
         app.state.messages[key] = message
         return body
+
+
+def check_certificate(context: grpc.aio.ServicerContext, terminal_id: str) -> None:
+    """With client certificates required, a terminal may only speak for the id its certificate names."""
+    names = context.auth_context().get("x509_common_name", [])
+    if terminal_id.encode() not in names:
+        raise Unauthenticated("certificate-mismatch", "the client certificate is not this terminal's")
 
 
 def check_well_formed(req: Any) -> None:

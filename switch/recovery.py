@@ -44,15 +44,17 @@ async def load_state(conn: asyncpg.Connection, now_ms: int) -> SwitchState:
 
     for r in await conn.fetch("SELECT * FROM cards"):
         state.add_card(Card(
-            r["card_id"], r["account_id"], r["pan"], bytes(r["pvv"]), r["pin_tries"], r["state"],
-            r["per_txn_limit"], r["partial_allowed"], r["expiry"], r["parent_card_id"], r["created_ms"],
+            r["card_id"], r["account_id"], bytes(r["pan_index"]), bytes(r["pan_enc"]), r["masked_pan"],
+            bytes(r["pvv"]), r["pvk_version"], r["pin_tries"], r["state"], r["per_txn_limit"],
+            r["partial_allowed"], r["expiry"], r["parent_card_id"], r["created_ms"],
         ))
         max_id = max(max_id, r["card_id"])
 
     for r in await conn.fetch("SELECT station_id, name, region, latitude, longitude FROM stations"):
         state.stations[r["station_id"]] = Station(r["station_id"], r["name"], r["region"], r["latitude"], r["longitude"])
-    for r in await conn.fetch("SELECT terminal_id, station_id, public_key, state FROM terminals"):
-        state.terminals[r["terminal_id"]] = Terminal(r["terminal_id"], r["station_id"], r["public_key"], r["state"])
+    for r in await conn.fetch("SELECT terminal_id, station_id, public_key, state, state_reason FROM terminals"):
+        state.terminals[r["terminal_id"]] = Terminal(r["terminal_id"], r["station_id"], r["public_key"], r["state"],
+                                                     r["state_reason"])
 
     rows = await conn.fetch(
         "SELECT terminal_id, stan, method, request_digest, response, effect_kind, effect_ref, reversed"

@@ -16,10 +16,11 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from switch import admin_service, pos_service
+from switch.abuse import AbuseConfig
 from switch.app import App, AppConfig
 from switch.config import ServeConfig
 from switch.errors import guard
-from switch.keys import load_or_create_pvk
+from switch.keyring import load_master_key, read_legacy_pvk
 from switch.migrate import migrate
 from switch.pgembedded import EmbeddedPostgres
 
@@ -60,9 +61,14 @@ async def start_switch(config: ServeConfig) -> RunningSwitch:
         dsn = await asyncio.to_thread(pg.start)
     await migrate(dsn)
     pool = await asyncpg.create_pool(dsn, min_size=2, max_size=POOL_SIZE_MAX)
-    app = App(pool, load_or_create_pvk(config.data_dir), AppConfig(hold_ttl_ms=config.hold_ttl_s * 1000))
+    app = App(pool, load_master_key(config.data_dir, config.master_key_file),
+              AppConfig(hold_ttl_ms=config.hold_ttl_s * 1000, session_ttl_ms=config.session_ttl_s * 1000,
+                        abuse=AbuseConfig(requests_per_s=config.terminal_requests_per_s,
+                                          burst=config.terminal_burst),
+                        terminal_certificates=config.tls_client_ca is not None),
+              legacy_pvk=read_legacy_pvk(config.data_dir))
     await app.start()
-    server = grpc.aio.server(options=[
+    server = grpc.aio.server(maximum_concurrent_rpcs=config.max_concurrent_rpcs, options=[
         ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
         ("grpc.max_send_message_length", MESSAGE_BYTES_MAX),
         ("grpc.so_reuseport", 0),
@@ -76,7 +82,9 @@ async def start_switch(config: ServeConfig) -> RunningSwitch:
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection((*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                                          reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(config.listen)
+    credentials = server_credentials(config)
+    port = (server.add_secure_port(config.listen, credentials) if credentials is not None
+            else server.add_insecure_port(config.listen))
     if port == 0:
         raise OSError(f"cannot listen on {config.listen}")
     await server.start()
@@ -89,6 +97,17 @@ async def start_switch(config: ServeConfig) -> RunningSwitch:
         await health.set(service, health_pb2.HealthCheckResponse.SERVING)
     log.info("fuelswitch serving on port %d (database %s)", port, "embedded" if pg else "external")
     return RunningSwitch(server, app, pool, health, port, pg)
+
+
+def server_credentials(config: ServeConfig) -> grpc.ServerCredentials | None:
+    """TLS when a certificate is configured; with a client CA, every client must present a certificate."""
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    client_ca = config.tls_client_ca.read_bytes() if config.tls_client_ca is not None else None
+    return grpc.ssl_server_credentials(
+        [(config.tls_key.read_bytes(), config.tls_cert.read_bytes())],
+        root_certificates=client_ca, require_client_auth=client_ca is not None,
+    )
 
 
 async def serve_forever(config: ServeConfig) -> None:

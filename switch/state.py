@@ -12,6 +12,7 @@ from core import Ledger
 from switch.sessions import SessionTable
 
 CARD_STATES = ("active", "frozen", "lost", "closed", "expired")
+TERMINAL_STATES = ("active", "suspended", "revoked")
 ACCOUNT_KINDS = ("personal", "family", "fleet")
 
 
@@ -25,10 +26,15 @@ class AccountMeta:
 
 @dataclass
 class Card:
+    """A card as policy sees it. The PAN itself is not kept: requests bring it, `pan_index` finds the card."""
+
     card_id: int
     account_id: int
-    pan: str
+    pan_index: bytes  # keyed SM3 of the PAN (switch.cardnumbers)
+    pan_enc: bytes  # SM4-GCM ciphertext of the PAN
+    masked_pan: str
     pvv: bytes
+    pvk_version: int  # the PIN-verification key version `pvv` was made with
     pin_tries: int
     state: str
     per_txn_limit: int  # fen; 0 = none
@@ -37,14 +43,11 @@ class Card:
     parent_card_id: int | None
     created_ms: int
 
-    @property
-    def masked_pan(self) -> str:
-        return mask_pan(self.pan)
-
     def row(self) -> tuple[object, ...]:
         return (
-            self.card_id, self.account_id, self.pan, self.pvv, self.pin_tries, self.state,
-            self.per_txn_limit, self.partial_allowed, self.expiry, self.parent_card_id, self.created_ms,
+            self.card_id, self.account_id, self.pan_index, self.pan_enc, self.masked_pan, self.pvv,
+            self.pvk_version, self.pin_tries, self.state, self.per_txn_limit, self.partial_allowed,
+            self.expiry, self.parent_card_id, self.created_ms,
         )
 
 
@@ -62,7 +65,11 @@ class Terminal:
     terminal_id: str
     station_id: str
     public_key: str
-    state: str = "active"
+    state: str = "active"  # active | suspended | revoked
+    state_reason: str = ""
+
+    def row(self) -> tuple[object, ...]:
+        return (self.terminal_id, self.station_id, self.public_key, self.state, self.state_reason)
 
 
 @dataclass
@@ -95,7 +102,7 @@ class SwitchState:
     ids: IdAllocator
     accounts: dict[int, AccountMeta] = field(default_factory=dict)
     cards: dict[int, Card] = field(default_factory=dict)
-    cards_by_pan: dict[str, Card] = field(default_factory=dict)
+    cards_by_index: dict[bytes, Card] = field(default_factory=dict)  # pan_index -> card
     stations: dict[str, Station] = field(default_factory=dict)
     terminals: dict[str, Terminal] = field(default_factory=dict)
     messages: dict[tuple[str, int], PosMessage] = field(default_factory=dict)
@@ -108,7 +115,7 @@ class SwitchState:
 
     def add_card(self, card: Card) -> None:
         self.cards[card.card_id] = card
-        self.cards_by_pan[card.pan] = card
+        self.cards_by_index[card.pan_index] = card
 
 
 @dataclass
@@ -122,8 +129,3 @@ class Sale:
     amount: int
     refunded: int = 0
 
-
-def mask_pan(pan: str) -> str:
-    if len(pan) <= 10:
-        return "*" * len(pan)
-    return pan[:6] + "*" * (len(pan) - 10) + pan[-4:]

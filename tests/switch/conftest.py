@@ -10,6 +10,7 @@ from loadtest.terminal import Terminal
 from switch.audit import check_conservation
 from switch.config import ServeConfig
 from switch.server import start_switch
+from switch.verify import verify
 
 OPERATOR_TOKEN = "test-operator-token"
 
@@ -20,11 +21,13 @@ def switch_config(fresh_db, tmp_path):
 
 
 async def assert_memory_equals_database(running) -> None:
-    """Conservation holds in PostgreSQL, and the core's memory equals what PostgreSQL committed."""
+    """Conservation holds in PostgreSQL, the journal's chain is intact, and memory equals what PostgreSQL committed."""
     await running.app.writer.flush()
     async with running.pool.acquire() as conn:
         report = await check_conservation(conn)
         assert report.ok, report
+        chain = await verify(conn, running.app.keyring)
+        assert chain.ok and chain.unchained == 0, chain.problems
         rows = await conn.fetch(
             "SELECT a.account_id, a.balance, coalesce((SELECT sum(x) FROM holds h, unnest(h.amounts) x"
             " WHERE h.state = 1 AND a.account_id = ANY(h.account_ids)), 0) AS held FROM accounts a"
