@@ -520,6 +520,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler=_register_terminal)
 
+    p = command(
+        "set-terminal-state",
+        "Suspend, revoke or reactivate a terminal. Unless the state is active, its session ends at once "
+        "and it cannot sign on. The host suspends a terminal by itself after repeated MAC failures.",
+    )
+    p.add_argument("--id", dest="terminal_id", required=True, type=_text, metavar="ID", help="terminal id")
+    p.add_argument("--state", required=True, choices=("active", "suspended", "revoked"))
+    p.add_argument("--reason", default="", type=_text, metavar="TEXT", help="kept with the state (who, why)")
+    p.set_defaults(handler=_set_terminal_state)
+
     return root
 
 
@@ -790,7 +800,15 @@ def _register_terminal(session: _Session, args: argparse.Namespace) -> None:
     request = admin_pb2.RegisterTerminalRequest(
         terminal_id=args.terminal_id, station_id=args.station, public_key=args.public_key
     )
-    terminal = session.call("RegisterTerminal", request)
+    _show_terminal(session, session.call("RegisterTerminal", request))
+
+
+def _set_terminal_state(session: _Session, args: argparse.Namespace) -> None:
+    request = admin_pb2.SetTerminalStateRequest(terminal_id=args.terminal_id, state=args.state, reason=args.reason)
+    _show_terminal(session, session.call("SetTerminalState", request))
+
+
+def _show_terminal(session: _Session, terminal: admin_pb2.Terminal) -> None:
     if session.as_json:
         session.emit_json(_to_dict(terminal))
         return
@@ -801,6 +819,7 @@ def _register_terminal(session: _Session, args: argparse.Namespace) -> None:
                 ("terminal_id", terminal.terminal_id),
                 ("station_id", terminal.station_id),
                 ("public_key", terminal.public_key),
+                ("state", terminal.state + (f" ({terminal.state_reason})" if terminal.state_reason else "")),
                 (
                     "registered",
                     format_time_ms(terminal.registered_at_ms, timespec="seconds", sep=" "),

@@ -181,6 +181,11 @@ class FakeAdmin(admin_pb2_grpc.CardAdminServicer):
             registered_at_ms=1714521600000,
         )
 
+    def SetTerminalState(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._enter("SetTerminalState", request, context)
+        return admin_pb2.Terminal(terminal_id=request.terminal_id, station_id="S1", state=request.state,
+                                  state_reason=request.reason)
+
 
 @dataclass
 class Result:
@@ -485,6 +490,15 @@ def test_register_terminal(cli: Harness) -> None:
     request = cli.only_request("RegisterTerminal")
     assert (request.terminal_id, request.station_id) == ("T-01", "S1")
     assert request.public_key == PUBLIC_KEY.lower()
+
+
+def test_set_terminal_state(cli: Harness) -> None:
+    result = cli.run("set-terminal-state", "--id", "T-01", "--state", "revoked", "--reason", "stolen")
+    assert result.code == 0, result.err
+    request = cli.only_request("SetTerminalState")
+    assert (request.terminal_id, request.state, request.reason) == ("T-01", "revoked", "stolen")
+    assert "revoked (stolen)" in result.out
+    assert cli.run("set-terminal-state", "--id", "T-01", "--state", "paused").code == 2
 
 
 @pytest.mark.parametrize("key", ["04" + "ab" * 63, "05" + "ab" * 64, "04" + "zz" * 64])
