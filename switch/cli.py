@@ -25,6 +25,12 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-key", dest="tls_key", type=Path, help="PEM private key of --tls-cert")
     parser.add_argument("--tls-client-ca", dest="tls_client_ca", type=Path,
                         help="PEM CA bundle: require client certificates signed by it (terminals: CN = terminal id)")
+    parser.add_argument("--terminal-requests-per-s", dest="terminal_requests_per_s", type=float,
+                        help="per-terminal rate limit, sustained (default 500)")
+    parser.add_argument("--terminal-burst", dest="terminal_burst", type=int,
+                        help="per-terminal burst above the rate (default 1000)")
+    parser.add_argument("--max-concurrent-rpcs", dest="max_concurrent_rpcs", type=int,
+                        help="calls in progress before RESOURCE_EXHAUSTED (default 4096)")
     parser.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING (default INFO)")
 
 
