@@ -48,6 +48,7 @@ STATEMENTS: dict[str, str] = {
     "transaction": """INSERT INTO transactions (transaction_id, kind, account_id, card_id, terminal_id, station_id,
         stan, amount, volume_ml, product_code, unit_price, original_id, reference, response_code, recorded_ms)
         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)""",
+    "review": "UPDATE transactions SET review = $2 WHERE transaction_id = $1",
     "message": """INSERT INTO pos_messages (terminal_id, stan, method, request_digest, response, effect_kind,
         effect_ref, reversed, recorded_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
         ON CONFLICT (terminal_id, stan) DO UPDATE SET method = $3, request_digest = $4, response = $5,
@@ -194,7 +195,7 @@ class JournalWriter:
                 if by_statement[name]:
                     await conn.executemany(STATEMENTS[name], by_statement[name])
             await _write_core(conn, core_rows)
-            for name in ("transaction", "message"):
+            for name in ("transaction", "review", "message"):
                 if by_statement[name]:
                     await conn.executemany(STATEMENTS[name], by_statement[name])
         self._head = head  # committed; after a failure the head is read again with a new connection

@@ -12,7 +12,7 @@ from typing import Any
 
 from fuelswitch.v1 import pos_pb2
 
-from core import HoldState, Status
+from core import Status
 from switch import cardnumbers, pinblock
 from switch import policy as P
 from switch.journal import Record
@@ -149,27 +149,41 @@ def complete(ctx: Ctx, req: pos_pb2.CompleteRequest) -> Outcome:
     card_id, _ = ctx.state.hold_cards[hold_id]
     card = ctx.state.cards[card_id]
     previous = ctx.state.completions.get(hold_id)
-    info = ctx.state.ledger.get_hold(hold_id)
-    if previous is not None and info is not None and info.state is HoldState.SETTLED and info.posted == (req.amount,):
+    if previous is not None and ctx.state.sales[previous].amount == req.amount:
         balance, available = _available(ctx, card.account_id)  # same completion again: the first result
         return Outcome(reply(response_code=P.APPROVED, message="already completed", transaction_id=str(previous),
                              settled_amount=req.amount, balance=balance, available=available))
     status = ctx.state.ledger.settle(hold_id, req.amount, ctx.now_ms)
-    if status is not Status.OK:
+    review = ""
+    txn_id = 0
+    if status is Status.HOLD_EXPIRED and previous is None:
+        # The fuel is in the tank: a completion after expiry is an advice, posted as a forced debit
+        # up to what the hold reserved, and flagged so that someone looks at it.
+        info = ctx.state.ledger.get_hold(hold_id)
+        reserved = sum(amount for _, amount in info.legs) if info is not None else 0
+        if req.amount > reserved:
+            return Outcome(reply(response_code=P.INVALID_AMOUNT, message="more than the expired hold reserved"))
+        if req.amount > 0:
+            txn_id = ctx.state.ids.take()
+            ctx.state.ledger.debit(txn_id, card.account_id, req.amount, force=True)
+        review = "completed after the hold expired"
+    elif status is not Status.OK:
         return Outcome(reply(response_code=_SETTLE_CODES.get(status, P.SYSTEM_MALFUNCTION), message=status.name))
     balance, available = _available(ctx, card.account_id)
     if req.amount == 0:  # nothing fuelled: works as a cancel
         return Outcome(reply(response_code=P.APPROVED, message="completed for 0", balance=balance, available=available))
-    txn_id = ctx.state.ids.take()
+    txn_id = txn_id or ctx.state.ids.take()
     ctx.state.completions[hold_id] = txn_id
     ctx.state.sales[txn_id] = Sale(txn_id, card.account_id, card.card_id, ctx.station_id, req.amount)
     records = [_txn_row(ctx, txn_id, "complete", card, card.account_id, req.amount, P.APPROVED,
                         volume_ml=req.volume_ml, product=req.product_code, unit_price=req.unit_price,
                         original=hold_id)]
-    response = reply(response_code=P.APPROVED, message="completed", transaction_id=str(txn_id),
-                     settled_amount=req.amount, balance=balance, available=available,
+    if review:
+        records.append(("review", (txn_id, review)))
+    response = reply(response_code=P.APPROVED, message="completed" if not review else "accepted as advice; " + review,
+                     transaction_id=str(txn_id), settled_amount=req.amount, balance=balance, available=available,
                      list_price=LIST_PRICE_FEN_PER_L.get(req.product_code, 0))
-    return Outcome(response, records)
+    return Outcome(response, records, "debit", txn_id)
 
 
 def cancel(ctx: Ctx, req: pos_pb2.CancelRequest) -> Outcome:

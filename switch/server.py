@@ -7,6 +7,7 @@ import functools
 import gc
 import logging
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import asyncpg
@@ -17,7 +18,7 @@ from grpc_reflection.v1alpha import reflection
 
 from switch import admin_service, pos_service
 from switch.abuse import AbuseConfig
-from switch.app import App, AppConfig
+from switch.app import App, AppConfig, wall_clock_ms
 from switch.config import ServeConfig
 from switch.errors import guard
 from switch.keyring import load_master_key, read_legacy_pvk
@@ -52,7 +53,8 @@ class RunningSwitch:
             await asyncio.to_thread(self.pg.stop)
 
 
-async def start_switch(config: ServeConfig) -> RunningSwitch:
+async def start_switch(config: ServeConfig, clock_ms: Callable[[], int] = wall_clock_ms) -> RunningSwitch:
+    """Start everything; `clock_ms` is the host's clock (tests move it to reach deadlines)."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
     pg = None
     dsn = config.dsn
@@ -66,7 +68,7 @@ async def start_switch(config: ServeConfig) -> RunningSwitch:
                         abuse=AbuseConfig(requests_per_s=config.terminal_requests_per_s,
                                           burst=config.terminal_burst),
                         terminal_certificates=config.tls_client_ca is not None),
-              legacy_pvk=read_legacy_pvk(config.data_dir))
+              clock_ms, legacy_pvk=read_legacy_pvk(config.data_dir))
     await app.start()
     server = grpc.aio.server(maximum_concurrent_rpcs=config.max_concurrent_rpcs, options=[
         ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
