@@ -14,10 +14,10 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_ruff():
-    result = run("ruff", "check", "core", "switch", "loadtest", "tests", "setup.py")
+    result = run("ruff", "check", "core", "switch", "ext", "loadtest", "tests", "setup.py")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_mypy():
-    result = run("mypy", "core", "switch", "loadtest")
+    result = run("mypy", "core", "switch", "ext", "loadtest")
     assert result.returncode == 0, result.stdout + result.stderr
