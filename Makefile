@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-BUILD_INPUTS := setup.py pyproject.toml $(wildcard core/*.pyx core/*.pxd core/*.pxi proto/fuelswitch/v1/*.proto)
+BUILD_INPUTS := setup.py pyproject.toml $(wildcard core/*.pyx core/*.pxd core/*.pxi switch/*.pyx proto/fuelswitch/v1/*.proto)
 
 .PHONY: all install test demo bench lint clean
 
@@ -31,8 +31,8 @@ bench: $(STAMP)
 	$(BIN)/python -m pytest -q tests/bench --benchmark-columns=min,median,mean,ops,rounds --benchmark-sort=name -p no:randomly
 
 lint: $(STAMP)
-	$(BIN)/ruff check core switch loadtest tests setup.py
-	$(BIN)/mypy core switch loadtest
+	$(BIN)/ruff check core switch ext loadtest tests setup.py
+	$(BIN)/mypy core switch ext loadtest
 
 clean:
 	rm -rf build *.egg-info core/*.cpp core/*.so proto/fuelswitch/v1/*_pb2*.py proto/fuelswitch/v1/*_pb2*.pyi

@@ -56,8 +56,15 @@ def core_extensions() -> list[Extension]:
         extra_compile_args=["-std=c++17", "-O3" if not debug else "-O0", "-g0" if not debug else "-g"],
         define_macros=[("CORE_DEBUG", "1" if debug else "0")],
     )
+    # SM2 on OpenSSL's libcrypto (switch/sm2.py); gmssl in switch/sm2_reference.py is its reference.
+    sm2 = Extension(
+        "switch._sm2_openssl",
+        sources=["switch/_sm2_openssl.pyx"],
+        libraries=["crypto"],
+        extra_compile_args=["-O2" if not debug else "-O0", "-g0" if not debug else "-g"],
+    )
     return cythonize(
-        [ext],
+        [ext, sm2],
         language_level=3,
         compiler_directives={
             "boundscheck": False,
@@ -82,7 +89,7 @@ class BuildExtWithProtos(build_ext):
 
 
 setup(
-    packages=["core", "switch", "loadtest", "fuelswitch", "fuelswitch.v1"],
+    packages=["core", "switch", "ext", "loadtest", "fuelswitch", "fuelswitch.v1"],
     package_dir={"fuelswitch": "proto/fuelswitch"},
     package_data={"core": ["*.pyi", "*.pxd", "*.pyx", "*.pxi", "py.typed"], "switch": ["migrations/*.sql"]},
     ext_modules=core_extensions(),

@@ -9,18 +9,23 @@ from __future__ import annotations
 import datetime as dt
 import hmac
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import asyncpg
 import grpc
 from fuelswitch.v1 import admin_pb2
+from fuelswitch.v1.common_pb2 import ProductPrice
 
 from core import Status
-from switch import cardnumbers, pinblock
+from switch import cardnumbers, hotlist, pinblock
 from switch.app import App
 from switch.errors import OperatorError, RequestInvalid
+from switch.hotlist import Entry
+from switch.journal import Record
+from switch.offline import list_account
 from switch.policy import AMOUNT_MAX_FEN, CST
+from switch.products import PRODUCTS
 from switch.protocol import MD_AUTHORIZATION
 from switch.state import ACCOUNT_KINDS, TERMINAL_STATES, AccountMeta, Card, Station, Terminal
 
@@ -33,6 +38,7 @@ EXPIRY_RE = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])$")
 LIST_LIMIT_DEFAULT = 50
 LIST_LIMIT_MAX = 500
 TOPUP_MAX_FEN = AMOUNT_MAX_FEN * 10  # ¥1,000,000 in one top-up
+UNIT_PRICE_MAX_FEN = 100_000  # ¥1,000 per litre: anything above is a typo
 STATE_CHANGES = {
     "active": {"frozen", "lost", "closed"},
     "frozen": {"active", "lost", "closed"},
@@ -138,7 +144,8 @@ class CardAdmin:
         state.topups[req.reference] = (txn_id, account_id, req.amount)
         now = self.app.clock_ms()
         row = (txn_id, "topup", account_id, None, None, None, None, req.amount, 0, "", 0, None, req.reference, "00", now)
-        await self.app.commit([("transaction", row)])
+        # A top-up that settles an offline debt takes the account's cards off the hotlist.
+        await self.app.commit([("transaction", row), *list_account(state, self.app.keyring, account_id, now)])
         return self._topup_response(account_id, txn_id)
 
     def _topup_response(self, account_id: int, txn_id: int) -> admin_pb2.TopUpResponse:
@@ -192,7 +199,11 @@ class CardAdmin:
             raise OperatorError(grpc.StatusCode.FAILED_PRECONDITION, f"a {card.state} card cannot become {req.state}")
         self._writable()
         card.state = req.state
-        await self.app.commit([("card", card.row())])
+        records: list[Record] = [("card", card.row())]
+        entry = _relist(self.app, card)
+        if entry is not None:
+            records.append(("hotlist", entry.row(self.app.clock_ms())))
+        await self.app.commit(records)
         return _card_message(card)
 
     async def reset_pin(self, req: admin_pb2.ResetPinRequest, _: Any) -> admin_pb2.Card:
@@ -258,13 +269,40 @@ class CardAdmin:
             raise RequestInvalid("station_id (at most 64 characters) and name are required")
         if not (-90 <= req.latitude <= 90 and -180 <= req.longitude <= 180):
             raise RequestInvalid("latitude/longitude out of range")
+        prices = _checked_prices(req.prices)
         self._writable()
         station = Station(req.station_id, req.name, req.region, req.latitude, req.longitude)
         self.app.state.stations[station.station_id] = station
         await self.app.commit([("station", (station.station_id, station.name, station.region,
-                                            station.latitude, station.longitude))])
+                                            station.latitude, station.longitude)),
+                               *self._set_prices(station.station_id, prices)])
+        return self._station_message(station)
+
+    async def set_station_prices(self, req: admin_pb2.SetStationPricesRequest, _: Any) -> admin_pb2.Station:
+        station = self.app.state.stations.get(req.station_id)
+        if station is None:
+            raise OperatorError(grpc.StatusCode.NOT_FOUND, f"station {req.station_id} is not registered")
+        prices = _checked_prices(req.prices)
+        if not prices:
+            raise RequestInvalid("prices must name at least one product")
+        self._writable()
+        await self.app.commit(self._set_prices(station.station_id, prices))
+        return self._station_message(station)
+
+    def _set_prices(self, station_id: str, prices: list[tuple[str, int, int]]) -> list[Record]:
+        now = self.app.clock_ms()
+        rows: list[Record] = []
+        for product, price, effective in prices:
+            effective = effective or now  # "at once" is recorded as now, so the schedule stays in time order
+            self.app.state.prices.set(station_id, product, price, effective)
+            rows.append(("price", (station_id, product, effective, price)))
+        return rows
+
+    def _station_message(self, station: Station) -> admin_pb2.Station:
+        prices = self.app.state.prices.current(station.station_id, self.app.clock_ms())
         return admin_pb2.Station(station_id=station.station_id, name=station.name, region=station.region,
-                                 latitude=station.latitude, longitude=station.longitude)
+                                 latitude=station.latitude, longitude=station.longitude,
+                                 prices=[ProductPrice(product_code=p, unit_price=u) for p, u in prices])
 
     async def register_terminal(self, req: admin_pb2.RegisterTerminalRequest, _: Any) -> admin_pb2.Terminal:
         if not req.terminal_id or len(req.terminal_id) > 64:
@@ -298,6 +336,26 @@ class CardAdmin:
         self.app.abuse_reset(terminal.terminal_id)
         await self.app.commit([("terminal", terminal.row())])
         return _terminal_message(terminal)
+
+
+def _checked_prices(prices: Iterable[ProductPrice]) -> list[tuple[str, int, int]]:
+    checked = []
+    for price in prices:
+        if price.product_code not in PRODUCTS:
+            raise RequestInvalid(f"unknown product {price.product_code!r}")
+        if not 0 <= price.unit_price <= UNIT_PRICE_MAX_FEN or price.effective_from_ms < 0:
+            raise RequestInvalid(f"unit_price must be 0..{UNIT_PRICE_MAX_FEN} fen per litre (0 stops the sale)")
+        checked.append((price.product_code, price.unit_price, price.effective_from_ms))
+    return checked
+
+
+def _relist(app: App, card: Card) -> Entry | None:
+    """The card's hotlist entry after a state change: its state's code, else a debt's, else off the list."""
+    code = hotlist.STATE_CODES.get(card.state)
+    if code is None and app.state.ledger.balance(card.account_id)[0] < 0:
+        code = hotlist.NEGATIVE_CODE
+    pan_hash = hotlist.pan_sm3(cardnumbers.decrypt(app.keyring, card.pan_enc))
+    return app.state.hotlist.change(card.card_id, pan_hash, card.masked_pan, code)
 
 
 def _terminal_message(terminal: Terminal) -> admin_pb2.Terminal:
@@ -334,6 +392,7 @@ ROUTES: dict[str, tuple[str, Any]] = {
     "RegisterStation": ("register_station", admin_pb2.RegisterStationRequest),
     "RegisterTerminal": ("register_terminal", admin_pb2.RegisterTerminalRequest),
     "SetTerminalState": ("set_terminal_state", admin_pb2.SetTerminalStateRequest),
+    "SetStationPrices": ("set_station_prices", admin_pb2.SetStationPricesRequest),
 }
 
 

@@ -15,6 +15,7 @@ from switch import sm2
 from switch.abuse import AbuseConfig, FailureCounter, TokenBuckets
 from switch.cardnumbers import seal_clear_pans
 from switch.journal import JournalWriter
+from switch.offline import OfflineConfig
 from switch.recovery import load_state
 from switch.sessions import SessionTable
 from switch.state import SwitchState
@@ -32,7 +33,11 @@ class AppConfig:
     key_refresh_interval_ms: int = 5_000  # how soon a rotation made elsewhere is used for new writes
     abuse: AbuseConfig = AbuseConfig()
     journal_queue_max: int = 20_000  # decisions waiting for a commit; beyond it, RESOURCE_EXHAUSTED
+    offline: OfflineConfig = OfflineConfig()
     terminal_certificates: bool = False  # TLS client certificates required: a terminal's CN is its id
+    settlement_cutoff_hour: int = 0  # a business day ends at this hour, UTC+8 (docs/clearing.md)
+    settlement_fee_bps: int = 0  # network fee charged to stations, basis points of sales
+    reconcile_fee_tolerance_fen: int = 0  # fee differences up to this are not reported
 
 
 def wall_clock_ms() -> int:

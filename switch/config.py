@@ -29,6 +29,9 @@ class ServeConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None  # require client certificates signed by this CA
+    settlement_cutoff_hour: int = 0  # business days end at this hour in UTC+8 (0 = midnight)
+    settlement_fee_bps: int = 0  # network fee on station sales, basis points
+    reconcile_fee_tolerance_fen: int = 0  # channel fee differences up to this are not discrepancies
 
     def validate(self) -> ServeConfig:
         if not self.operator_token:
@@ -47,6 +50,12 @@ class ServeConfig:
                              "give --tls-cert/--tls-key, or listen on 127.0.0.1")
         if not 60 <= self.session_ttl_s <= 24 * 3600:
             raise ValueError("session_ttl_s must be between 60 and 86400 (terminal keys live at most 24 h)")
+        if not 0 <= self.settlement_cutoff_hour <= 23:
+            raise ValueError("settlement_cutoff_hour must be an hour of the day, 0..23 (UTC+8)")
+        if not 0 <= self.settlement_fee_bps <= 10_000:
+            raise ValueError("settlement_fee_bps must be 0..10000 basis points")
+        if self.reconcile_fee_tolerance_fen < 0:
+            raise ValueError("reconcile_fee_tolerance_fen must not be negative")
         return self
 
 

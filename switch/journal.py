@@ -38,6 +38,8 @@ STATEMENTS: dict[str, str] = {
     "terminal": """INSERT INTO terminals (terminal_id, station_id, public_key, state, state_reason)
         VALUES ($1, $2, $3, $4, $5)
         ON CONFLICT (terminal_id) DO UPDATE SET station_id = $2, public_key = $3, state = $4, state_reason = $5""",
+    "price": """INSERT INTO station_prices (station_id, product_code, effective_ms, unit_price) VALUES ($1, $2, $3, $4)
+        ON CONFLICT (station_id, product_code, effective_ms) DO UPDATE SET unit_price = $4""",
     "account": """INSERT INTO accounts (account_id, kind, holder_name, balance, overdraft, opening, created_ms)
         VALUES ($1, $2, $3, $4, $5, $4, $6)""",
     "card": """INSERT INTO cards (card_id, account_id, pan_index, pan_enc, masked_pan, pvv, pvk_version, pin_tries,
@@ -49,6 +51,16 @@ STATEMENTS: dict[str, str] = {
         stan, amount, volume_ml, product_code, unit_price, original_id, reference, response_code, recorded_ms)
         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)""",
     "review": "UPDATE transactions SET review = $2 WHERE transaction_id = $1",
+    "hotlist": """INSERT INTO hotlist (version, card_id, pan_sm3, masked_pan, response_code, removed, recorded_ms)
+        VALUES ($1, $2, $3, $4, $5, $6, $7)""",
+    # Clearing (docs/clearing.md): a channel payment/refund and the operator decisions on reconciliation.
+    "channel_txn": """INSERT INTO channel_transactions (channel, channel_txn_id, kind, account_id, amount, fee,
+        time_ms, business_date, original_txn_id, merchant_order_id, station_id, transaction_id, recorded_ms, source)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)""",
+    "channel_reversal": """UPDATE channel_transactions SET reversal_id = $3, reversed_amount = $4
+        WHERE channel = $1 AND channel_txn_id = $2""",
+    "resolution": """INSERT INTO reconciliation_resolutions (run_id, channel_txn_id, decision, operator, note,
+        account_id, transaction_id, result, resolved_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
     "message": """INSERT INTO pos_messages (terminal_id, stan, method, request_digest, response, effect_kind,
         effect_ref, reversed, recorded_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
         ON CONFLICT (terminal_id, stan) DO UPDATE SET method = $3, request_digest = $4, response = $5,
@@ -191,14 +203,64 @@ class JournalWriter:
         version, key = self._keyring().current("journal")
         head = _chain(core_rows.journal, version, key, self._head)
         async with conn.transaction():
-            for name in ("station", "terminal", "account", "card"):
+            for name in ("station", "terminal", "price", "account", "card"):
                 if by_statement[name]:
                     await conn.executemany(STATEMENTS[name], by_statement[name])
             await _write_core(conn, core_rows)
-            for name in ("transaction", "review", "message"):
+            await _write_transactions(conn, by_statement["transaction"])
+            await _write_channel_txns(conn, by_statement["channel_txn"])
+            for name in ("channel_reversal", "resolution", "review", "hotlist"):
                 if by_statement[name]:
                     await conn.executemany(STATEMENTS[name], by_statement[name])
+            await _write_messages(conn, by_statement["message"])
         self._head = head  # committed; after a failure the head is read again with a new connection
+
+
+# Above this many rows a statement's rows go by COPY (one round trip) instead of one execute each.
+BULK_ROWS = 64
+_TRANSACTION_COLUMNS = ["transaction_id", "kind", "account_id", "card_id", "terminal_id", "station_id", "stan",
+                        "amount", "volume_ml", "product_code", "unit_price", "original_id", "reference",
+                        "response_code", "recorded_ms"]
+_MESSAGE_COLUMNS = ["terminal_id", "stan", "method", "request_digest", "response", "effect_kind", "effect_ref",
+                    "reversed", "recorded_ms"]
+
+
+async def _write_transactions(conn: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> None:
+    if len(rows) > BULK_ROWS:  # transaction ids are never reused: plain inserts
+        await conn.copy_records_to_table("transactions", records=rows, columns=_TRANSACTION_COLUMNS)
+    elif rows:
+        await conn.executemany(STATEMENTS["transaction"], rows)
+
+
+_CHANNEL_TXN_COLUMNS = ["channel", "channel_txn_id", "kind", "account_id", "amount", "fee", "time_ms",
+                        "business_date", "original_txn_id", "merchant_order_id", "station_id", "transaction_id",
+                        "recorded_ms", "source"]
+
+
+async def _write_channel_txns(conn: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> None:
+    if len(rows) > BULK_ROWS:  # a key is inserted once (the clearing service's map guarantees it): plain inserts
+        await conn.copy_records_to_table("channel_transactions", records=rows, columns=_CHANNEL_TXN_COLUMNS)
+    elif rows:
+        await conn.executemany(STATEMENTS["channel_txn"], rows)
+
+
+async def _write_messages(conn: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Upserts (a reversal updates its original's row): many at once through a staging table."""
+    if len(rows) <= BULK_ROWS:
+        if rows:
+            await conn.executemany(STATEMENTS["message"], rows)
+        return
+    last = {(row[0], row[1]): row for row in rows}  # one row per key: the latest wins, as in order
+    await conn.execute("CREATE TEMP TABLE IF NOT EXISTS pos_messages_stage (LIKE pos_messages) "
+                       "ON COMMIT DELETE ROWS")
+    await conn.copy_records_to_table("pos_messages_stage", records=list(last.values()), columns=_MESSAGE_COLUMNS)
+    await conn.execute(
+        f"""INSERT INTO pos_messages ({", ".join(_MESSAGE_COLUMNS)})
+            SELECT {", ".join(_MESSAGE_COLUMNS)} FROM pos_messages_stage
+            ON CONFLICT (terminal_id, stan) DO UPDATE SET method = EXCLUDED.method,
+                request_digest = EXCLUDED.request_digest, response = EXCLUDED.response,
+                effect_kind = EXCLUDED.effect_kind, effect_ref = EXCLUDED.effect_ref,
+                reversed = EXCLUDED.reversed, recorded_ms = EXCLUDED.recorded_ms""")
 
 
 async def _chain_head(conn: asyncpg.Connection) -> bytes:

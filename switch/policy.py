@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from switch import pinblock
-from switch.state import Card
+
+if TYPE_CHECKING:  # state imports the hotlist, which uses these codes
+    from switch.state import Card
 
 PIN_TRIES_MAX = 3  # wrong PINs before the card is locked (75)
 AMOUNT_MAX_FEN = 10_000_000  # ¥100,000: larger amounts are refused as invalid (13)

@@ -17,12 +17,8 @@ from switch import cardnumbers, pinblock
 from switch import policy as P
 from switch.journal import Record
 from switch.keyring import Keyring
-from switch.products import (
-    LIST_PRICE_FEN_PER_L,
-    PRODUCTS,
-    amount_for_volume,
-    ceil_amount_for_volume,
-)
+from switch.prices import amount_matches
+from switch.products import PRODUCTS, ceil_amount_for_volume
 from switch.state import Card, PosMessage, Sale, SwitchState
 
 
@@ -82,7 +78,9 @@ def authorize(ctx: Ctx, req: pos_pb2.AuthorizeRequest) -> Outcome:
     decline = pos_pb2.AuthorizeResponse
     if req.product_code not in PRODUCTS:
         return Outcome(decline(response_code=P.INVALID_TRANSACTION, message=f"unknown product {req.product_code!r}"[:120]))
-    unit_price = LIST_PRICE_FEN_PER_L[req.product_code]
+    unit_price = ctx.state.prices.price(ctx.station_id, req.product_code, ctx.now_ms)
+    if unit_price == 0:
+        return Outcome(decline(response_code=P.INVALID_TRANSACTION, message="product not sold at this station"))
     requested = req.amount
     if requested == 0 and req.preset_volume_ml > 0:
         requested = ceil_amount_for_volume(req.preset_volume_ml, unit_price)
@@ -144,8 +142,6 @@ def complete(ctx: Ctx, req: pos_pb2.CompleteRequest) -> Outcome:
         return Outcome(reply(response_code=code, message="no such hold for this terminal"))
     if req.amount < 0 or req.volume_ml < 0 or req.unit_price < 0:
         return Outcome(reply(response_code=P.INVALID_AMOUNT, message="amounts must not be negative"))
-    if req.volume_ml and req.unit_price and abs(amount_for_volume(req.volume_ml, req.unit_price) - req.amount) > 1:
-        return Outcome(reply(response_code=P.INVALID_AMOUNT, message="amount differs from volume × unit price"))
     card_id, _ = ctx.state.hold_cards[hold_id]
     card = ctx.state.cards[card_id]
     previous = ctx.state.completions.get(hold_id)
@@ -154,7 +150,9 @@ def complete(ctx: Ctx, req: pos_pb2.CompleteRequest) -> Outcome:
         return Outcome(reply(response_code=P.APPROVED, message="already completed", transaction_id=str(previous),
                              settled_amount=req.amount, balance=balance, available=available))
     status = ctx.state.ledger.settle(hold_id, req.amount, ctx.now_ms)
-    review = ""
+    station_price = ctx.state.prices.price(ctx.station_id, req.product_code, ctx.now_ms)
+    review = _price_review(req, station_price)
+    advice = False
     txn_id = 0
     if status is Status.HOLD_EXPIRED and previous is None:
         # The fuel is in the tank: a completion after expiry is an advice, posted as a forced debit
@@ -166,7 +164,8 @@ def complete(ctx: Ctx, req: pos_pb2.CompleteRequest) -> Outcome:
         if req.amount > 0:
             txn_id = ctx.state.ids.take()
             ctx.state.ledger.debit(txn_id, card.account_id, req.amount, force=True)
-        review = "completed after the hold expired"
+        review = "; ".join(filter(None, ("completed after the hold expired", review)))
+        advice = True
     elif status is not Status.OK:
         return Outcome(reply(response_code=_SETTLE_CODES.get(status, P.SYSTEM_MALFUNCTION), message=status.name))
     balance, available = _available(ctx, card.account_id)
@@ -180,10 +179,20 @@ def complete(ctx: Ctx, req: pos_pb2.CompleteRequest) -> Outcome:
                         original=hold_id)]
     if review:
         records.append(("review", (txn_id, review)))
-    response = reply(response_code=P.APPROVED, message="completed" if not review else "accepted as advice; " + review,
+    text = ("accepted as advice" if advice else "completed") + (f"; flagged for review: {review}" if review else "")
+    response = reply(response_code=P.APPROVED, message=text,
                      transaction_id=str(txn_id), settled_amount=req.amount, balance=balance, available=available,
-                     list_price=LIST_PRICE_FEN_PER_L.get(req.product_code, 0))
+                     list_price=station_price)
     return Outcome(response, records, "debit", txn_id)
+
+
+def _price_review(req: pos_pb2.CompleteRequest, station_price: int) -> str:
+    """A completion is never declined over its price (the fuel is sold); a mismatch is flagged instead."""
+    if not amount_matches(req.amount, req.volume_ml, req.unit_price):
+        return "amount differs from litres × unit price"
+    if req.unit_price and station_price and req.unit_price != station_price:
+        return "unit price differs from the station's price"
+    return ""
 
 
 def cancel(ctx: Ctx, req: pos_pb2.CancelRequest) -> Outcome:

@@ -23,6 +23,7 @@ from switch import sm3
 from switch.app import App
 from switch.errors import Overloaded, RequestInvalid
 from switch.journal import JournalUnavailable
+from switch.offline_service import OfflineGateway
 from switch.protocol import MD_MAC, MD_SESSION_ID, MD_TERMINAL_ID, Unauthenticated
 from switch.sessions import Session, SessionTable
 from switch.state import PosMessage
@@ -64,19 +65,23 @@ class PosGateway:
         now = app.clock_ms()
         terminal = app.state.terminals.get(req.terminal_id)
         public_key = terminal.public_key if terminal and terminal.state == "active" else None
-        loop = asyncio.get_running_loop()
-        try:
-            # SM2 verification and encryption are pure-Python (gmssl): keep them off the event loop.
-            await loop.run_in_executor(
-                None, SessionTable.check_signon, req.terminal_id, public_key, req.nonce, req.terminal_time_ms,
-                req.signature, now,
-            )
-        except ValueError as exc:
-            raise RequestInvalid(str(exc)) from exc
-        assert terminal is not None and public_key is not None
-        app.sessions.claim_nonce(req.terminal_id, req.nonce)
         mac_key, pin_key = SessionTable.new_keys()
-        encrypted = await loop.run_in_executor(None, app.encrypt_keys, public_key, mac_key + pin_key)
+
+        def check_then_encrypt() -> bytes:
+            try:
+                SessionTable.check_signon(req.terminal_id, public_key, req.nonce, req.terminal_time_ms,
+                                          req.signature, now)
+            except ValueError as exc:
+                raise RequestInvalid(str(exc)) from exc
+            assert public_key is not None
+            return app.encrypt_keys(public_key, mac_key + pin_key)
+
+        # One worker-thread hop for both SM2 operations (OpenSSL, GIL released) cost the least switch CPU per
+        # sign-on in tests/bench/test_signon_bench.py, against a hop each or calling them inline. The price: a
+        # replayed request pays for an encryption before claim_nonce refuses it.
+        encrypted = await asyncio.get_running_loop().run_in_executor(None, check_then_encrypt)
+        assert terminal is not None
+        app.sessions.claim_nonce(req.terminal_id, req.nonce)
         session = app.sessions.install(req.terminal_id, mac_key, pin_key, app.clock_ms())
         response = pos_pb2.SignOnResponse(
             response_code=P.APPROVED, message="signed on", session_id=session.session_id,
@@ -93,17 +98,16 @@ class PosGateway:
 
         return handle
 
-    async def _handle(self, method: str, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    async def authenticate(self, raw: bytes, context: grpc.aio.ServicerContext, now: int) -> Session:
+        """Metadata, session, MAC over `raw`, client certificate, rate and capacity (§5 steps 1–3)."""
         app = self.app
-        request_type, response_type, decide = METHODS[method]
-        now = app.clock_ms()
         md = dict(context.invocation_metadata() or ())
         try:
             session = app.sessions.authenticate(md.get(MD_TERMINAL_ID), md.get(MD_SESSION_ID), md.get(MD_MAC), raw,
                                                 now)
         except Unauthenticated as exc:
             if exc.token == "bad-mac":  # only reachable with the terminal's live session id
-                await self._mac_failed(str(md.get(MD_TERMINAL_ID)), now)
+                await self.mac_failed(str(md.get(MD_TERMINAL_ID)), now)
             raise
         if app.config.terminal_certificates:
             check_certificate(context, session.terminal_id)
@@ -111,6 +115,12 @@ class PosGateway:
             raise Overloaded(f"terminal {session.terminal_id} exceeds {app.config.abuse.requests_per_s:g} requests/s")
         if app.writer.queue_depth >= app.config.journal_queue_max:
             raise Overloaded("the host is at capacity; retry with the same STAN")
+        return session
+
+    async def _handle(self, method: str, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        request_type, response_type, decide = METHODS[method]
+        now = self.app.clock_ms()
+        session = await self.authenticate(raw, context, now)
         try:
             req = request_type.FromString(raw)
         except DecodeError as exc:
@@ -123,7 +133,7 @@ class PosGateway:
         context.set_trailing_metadata(((MD_MAC, sm3.mac_hex(session.mac_key, body)),))
         return body
 
-    async def _mac_failed(self, terminal_id: str, now: int) -> None:
+    async def mac_failed(self, terminal_id: str, now: int) -> None:
         app = self.app
         log.warning("SECURITY bad MAC from terminal %s", terminal_id)
         if app.mac_failures.record(terminal_id, now):
@@ -222,4 +232,7 @@ def method_handlers(gateway: PosGateway, guard: Callable[..., Any]) -> grpc.Gene
     }
     for method in METHODS:
         handlers[method] = grpc.unary_unary_rpc_method_handler(guard(gateway.handler(method)))
+    offline = OfflineGateway(gateway)
+    handlers["SyncHotlist"] = grpc.unary_unary_rpc_method_handler(guard(offline.sync_hotlist))
+    handlers["UploadOffline"] = grpc.stream_unary_rpc_method_handler(guard(offline.upload))
     return grpc.method_handlers_generic_handler(SERVICE, handlers)

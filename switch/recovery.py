@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncpg
 
 from core import HoldState, Kind, Ledger, Status
+from switch.hotlist import Entry
 from switch.protocol import STAN_RETENTION_MS
 from switch.state import (
     AccountMeta,
     Card,
+    ChannelTxn,
     IdAllocator,
     PosMessage,
     Sale,
@@ -18,7 +20,7 @@ from switch.state import (
 )
 
 LEDGER_SHARDS = 64
-SALE_KINDS = ("complete", "purchase")
+SALE_KINDS = ("complete", "purchase", "offline_sale")
 
 
 async def load_state(conn: asyncpg.Connection, now_ms: int) -> SwitchState:
@@ -56,6 +58,12 @@ async def load_state(conn: asyncpg.Connection, now_ms: int) -> SwitchState:
         state.terminals[r["terminal_id"]] = Terminal(r["terminal_id"], r["station_id"], r["public_key"], r["state"],
                                                      r["state_reason"])
 
+    for r in await conn.fetch("SELECT station_id, product_code, effective_ms, unit_price FROM station_prices"):
+        state.prices.set(r["station_id"], r["product_code"], r["unit_price"], r["effective_ms"])
+    for r in await conn.fetch("SELECT * FROM hotlist ORDER BY version"):
+        state.hotlist.add(Entry(r["version"], r["card_id"], r["pan_sm3"], r["masked_pan"], r["response_code"],
+                                r["removed"]))
+
     rows = await conn.fetch(
         "SELECT terminal_id, stan, method, request_digest, response, effect_kind, effect_ref, reversed"
         " FROM pos_messages WHERE recorded_ms >= $1",
@@ -75,6 +83,7 @@ async def load_state(conn: asyncpg.Connection, now_ms: int) -> SwitchState:
     for r in rows:
         max_id = max(max_id, r["transaction_id"])
         _replay_transaction(state, r)
+    await _load_clearing(conn, state)
     state.ids = IdAllocator(max_id + 1)
     return state
 
@@ -99,3 +108,26 @@ def _replay_transaction(state: SwitchState, r: asyncpg.Record) -> None:
             state.sales[sale_id].refunded -= r["amount"]
     elif kind == "topup" and r["reference"]:
         state.topups[r["reference"]] = (txn_id, r["account_id"], r["amount"])
+
+
+async def _load_clearing(conn: asyncpg.Connection, state: SwitchState) -> None:
+    """The exactly-once map of channel payments/refunds, their refund sums, and decided discrepancies."""
+    rows = await conn.fetch(
+        "SELECT channel, channel_txn_id, kind, account_id, amount, transaction_id, original_txn_id, station_id,"
+        " reversed_amount, reversal_id FROM channel_transactions"
+    )
+    txns = state.channel_txns
+    for r in rows:
+        txns[(r["channel"], r["channel_txn_id"])] = ChannelTxn(
+            r["kind"], r["account_id"], r["amount"], r["transaction_id"], r["original_txn_id"] or "",
+            r["station_id"], reversed=r["reversed_amount"], reversal_id=r["reversal_id"] or 0,
+        )
+    for (channel, channel_txn_id), txn in txns.items():
+        if txn.kind == "refund":
+            txns[(channel, txn.original)].refunded += txn.amount
+            # Its reference is taken, as a payment's is (by _replay_transaction): an operator TopUp
+            # reusing it is refused rather than failing the commit on the unique index.
+            state.topups[f"{channel}:{channel_txn_id}"] = (txn.transaction_id, txn.account_id, -txn.amount)
+    for r in await conn.fetch("SELECT run_id, channel_txn_id FROM reconciliation_resolutions"):
+        state.resolutions.add((r["run_id"], r["channel_txn_id"]))
+

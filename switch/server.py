@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from switch import admin_service, pos_service
+from switch import admin_service, clearing_service, pos_service
 from switch.abuse import AbuseConfig
 from switch.app import App, AppConfig, wall_clock_ms
 from switch.config import ServeConfig
@@ -30,7 +30,7 @@ log = logging.getLogger("fuelswitch.server")
 MESSAGE_BYTES_MAX = 1 << 20  # no POS message comes near 1 MiB; refuse bigger ones at the transport
 POOL_SIZE_MAX = 8
 GC_GEN0_THRESHOLD = 20_000  # allocations between young-generation collections (CPython default: 700)
-SERVICES = (pos_service.SERVICE, admin_service.SERVICE)
+SERVICES = (pos_service.SERVICE, admin_service.SERVICE, clearing_service.SERVICE)
 
 
 @dataclass
@@ -41,6 +41,7 @@ class RunningSwitch:
     health: health_aio.HealthServicer
     port: int
     pg: EmbeddedPostgres | None
+    clearing: clearing_service.Clearing | None = None  # its counters (conflicts, ...) for operators and tests
 
     async def stop(self, grace_s: float = 10.0) -> None:
         """Refuse new calls, let in-flight ones finish, commit everything decided, close the database."""
@@ -67,7 +68,10 @@ async def start_switch(config: ServeConfig, clock_ms: Callable[[], int] = wall_c
               AppConfig(hold_ttl_ms=config.hold_ttl_s * 1000, session_ttl_ms=config.session_ttl_s * 1000,
                         abuse=AbuseConfig(requests_per_s=config.terminal_requests_per_s,
                                           burst=config.terminal_burst),
-                        terminal_certificates=config.tls_client_ca is not None),
+                        terminal_certificates=config.tls_client_ca is not None,
+                        settlement_cutoff_hour=config.settlement_cutoff_hour,
+                        settlement_fee_bps=config.settlement_fee_bps,
+                        reconcile_fee_tolerance_fen=config.reconcile_fee_tolerance_fen),
               clock_ms, legacy_pvk=read_legacy_pvk(config.data_dir))
     await app.start()
     server = grpc.aio.server(maximum_concurrent_rpcs=config.max_concurrent_rpcs, options=[
@@ -76,9 +80,11 @@ async def start_switch(config: ServeConfig, clock_ms: Callable[[], int] = wall_c
         ("grpc.so_reuseport", 0),
     ])
     wrap = functools.partial(guard, clock_ms=app.clock_ms)
+    clearing = clearing_service.Clearing(app, config.operator_token)
     server.add_generic_rpc_handlers([
         pos_service.method_handlers(pos_service.PosGateway(app), wrap),
         admin_service.method_handlers(admin_service.CardAdmin(app, config.operator_token), wrap),
+        clearing_service.method_handlers(clearing, wrap),
     ])
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -98,7 +104,7 @@ async def start_switch(config: ServeConfig, clock_ms: Callable[[], int] = wall_c
     for service in ("", *SERVICES):
         await health.set(service, health_pb2.HealthCheckResponse.SERVING)
     log.info("fuelswitch serving on port %d (database %s)", port, "embedded" if pg else "external")
-    return RunningSwitch(server, app, pool, health, port, pg)
+    return RunningSwitch(server, app, pool, health, port, pg, clearing)
 
 
 def server_credentials(config: ServeConfig) -> grpc.ServerCredentials | None:

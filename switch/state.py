@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from core import Ledger
+from switch.hotlist import Hotlist
+from switch.prices import PriceTable
 from switch.sessions import SessionTable
 
 CARD_STATES = ("active", "frozen", "lost", "closed", "expired")
@@ -111,7 +113,12 @@ class SwitchState:
     refunds: dict[int, tuple[int, int, int]] = field(default_factory=dict)  # refund id -> (account, amount, sale)
     hold_cards: dict[int, tuple[int, str]] = field(default_factory=dict)  # hold id -> (card id, terminal id)
     completions: dict[int, int] = field(default_factory=dict)  # hold id -> its sale's transaction id
+    hotlist: Hotlist = field(default_factory=Hotlist)
+    prices: PriceTable = field(default_factory=PriceTable)
     sessions: SessionTable = field(default_factory=SessionTable)
+    # Clearing: every channel payment/refund that moved money, by (channel, channel_txn_id).
+    channel_txns: dict[tuple[str, str], ChannelTxn] = field(default_factory=dict)
+    resolutions: set[tuple[int, str]] = field(default_factory=set)  # (reconcile run, channel_txn_id) decided
 
     def add_card(self, card: Card) -> None:
         self.cards[card.card_id] = card
@@ -129,3 +136,25 @@ class Sale:
     amount: int
     refunded: int = 0
 
+
+@dataclass(slots=True)
+class ChannelTxn:
+    """A channel payment or refund that moved money: what a repeat of its key is compared with.
+
+    Fee, times and merchant order live in `channel_transactions` only: they are not part of the
+    content a repeat must match, and a million of these must stay small in memory.
+    """
+
+    kind: str  # payment | refund
+    account_id: int
+    amount: int  # fen
+    transaction_id: int  # the core movement and the `transactions` row
+    original: str = ""  # refund: the payment's channel_txn_id
+    station_id: str = ""
+    refunded: int = 0  # payment: fen refunded so far
+    reversed: int = 0  # payment: fen taken back by an operator's reversal (nothing is refundable after)
+    reversal_id: int = 0  # payment: the reversal's movement id
+
+    @property
+    def refundable(self) -> int:
+        return self.amount - self.refunded - self.reversed

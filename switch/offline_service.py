@@ -1,0 +1,113 @@
+"""The PosGateway calls for offline operation: SyncHotlist (read-only) and UploadOffline (client stream).
+
+Both authenticate like every other call (docs/pos-protocol.md §5). SyncHotlist changes nothing, so
+its STAN is not recorded. UploadOffline's stream MAC is over the empty byte string; each record
+carries its own MAC, checked before the record is looked at (§9.3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import grpc
+from fuelswitch.v1 import pos_pb2
+from fuelswitch.v1.common_pb2 import ProductPrice
+from google.protobuf.message import DecodeError
+
+from switch import offline, sm3
+from switch import policy as P
+from switch.errors import RequestInvalid
+from switch.journal import JournalUnavailable
+from switch.protocol import MD_MAC, Unauthenticated
+from switch.sessions import Session, SessionTable
+
+if TYPE_CHECKING:
+    from switch.pos_service import PosGateway
+
+# Per stream: a terminal holds a few hundred; the answer (about 35 bytes a record) stays under 1 MiB.
+UPLOAD_RECORDS_MAX = 20_000
+
+
+class OfflineGateway:
+    def __init__(self, gateway: PosGateway) -> None:
+        self.gateway = gateway
+        self.app = gateway.app
+
+    async def sync_hotlist(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        app = self.app
+        now = app.clock_ms()
+        session = await self.gateway.authenticate(raw, context, now)
+        try:
+            req = pos_pb2.SyncHotlistRequest.FromString(raw)
+        except DecodeError as exc:
+            raise RequestInvalid("SyncHotlistRequest does not parse") from exc
+        SessionTable.check_header(session, req.header.terminal_id, req.header.terminal_time_ms, now)
+        station_id = app.state.terminals[session.terminal_id].station_id
+        page = app.state.hotlist.page(req.since_version)
+        response = pos_pb2.SyncHotlistResponse(
+            response_code=P.APPROVED, message="ok", version=page.version, full_snapshot=page.full_snapshot,
+            more=page.more, station_id=station_id, offline_limits=app.config.offline.message(),
+            entries=[pos_pb2.HotlistEntry(pan_sm3=e.pan_sm3, masked_pan=e.masked_pan, response_code=e.code,
+                                          removed=e.removed, version=e.version) for e in page.entries],
+            prices=[ProductPrice(product_code=product, unit_price=price)
+                    for product, price in app.state.prices.current(station_id, now)],
+        )
+        body = response.SerializeToString()
+        context.set_trailing_metadata(((MD_MAC, sm3.mac_hex(session.mac_key, body)),))
+        return body
+
+    async def upload(self, records: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes:
+        app = self.app
+        session = await self.gateway.authenticate(b"", context, app.clock_ms())
+        total = pos_pb2.OfflineUploadResult(response_code=P.APPROVED, message="processed")
+        pending: list[pos_pb2.OfflineTransaction] = []
+        received = 0
+        async for raw in records:
+            received += 1
+            if received > UPLOAD_RECORDS_MAX:
+                raise RequestInvalid(f"at most {UPLOAD_RECORDS_MAX} records per upload")
+            pending.append(self._authentic(session, raw, app.clock_ms()))
+            if len(pending) >= offline.CHUNK_RECORDS:
+                await self._decide(session, pending, total)
+                pending = []
+        if pending:
+            await self._decide(session, pending, total)
+        body = total.SerializeToString()
+        context.set_trailing_metadata(((MD_MAC, sm3.mac_hex(session.mac_key, body)),))
+        return body
+
+    def _authentic(self, session: Session, raw: bytes, now: int) -> pos_pb2.OfflineTransaction:
+        """Frame and MAC first, then parse; a bad record ends the stream (records before it stay applied)."""
+        try:
+            body, mac = offline.split_record(raw)
+        except offline.RecordRefused as exc:
+            raise RequestInvalid(str(exc)) from exc
+        if not sm3.mac_equal(session.mac_key, body, mac):
+            raise Unauthenticated("bad-mac", "an offline record's MAC does not match its bytes")
+        try:
+            record = pos_pb2.OfflineTransaction.FromString(raw)
+        except DecodeError as exc:
+            raise RequestInvalid("OfflineTransaction does not parse") from exc
+        if not record.HasField("header") or record.header.stan == 0:
+            raise RequestInvalid("every record needs a header with a non-zero stan")
+        SessionTable.check_header(session, record.header.terminal_id, record.header.terminal_time_ms, now)
+        return record
+
+    async def _decide(self, session: Session, records: list[pos_pb2.OfflineTransaction],
+                      total: pos_pb2.OfflineUploadResult) -> None:
+        app = self.app
+        if not app.available:
+            raise JournalUnavailable("host is recovering; upload again")
+        terminal = app.state.terminals[session.terminal_id]
+        chunk = offline.decide_chunk(app.state, app.keyring, terminal.terminal_id, terminal.station_id,
+                                     app.clock_ms(), app.config.offline, records)
+        await app.writer.submit(chunk.records)  # JournalUnavailable ends the stream: upload again
+        for result in chunk.results:
+            total.results.append(result)
+            if result.status == "applied":
+                total.applied += 1
+            elif result.status == "duplicate":
+                total.duplicate += 1
+            else:
+                total.rejected += 1
