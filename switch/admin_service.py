@@ -7,7 +7,6 @@ an `await` in between, and answers only after the commit.
 from __future__ import annotations
 
 import datetime as dt
-import hmac
 import re
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -24,9 +23,9 @@ from switch.errors import OperatorError, RequestInvalid
 from switch.hotlist import Entry
 from switch.journal import Record
 from switch.offline import list_account
+from switch.operator_auth import require_operator
 from switch.policy import AMOUNT_MAX_FEN, CST
 from switch.products import PRODUCTS
-from switch.protocol import MD_AUTHORIZATION
 from switch.state import ACCOUNT_KINDS, TERMINAL_STATES, AccountMeta, Card, Station, Terminal
 
 SERVICE = "fuelswitch.v1.CardAdmin"
@@ -79,11 +78,7 @@ class CardAdmin:
         self._token = operator_token.encode()
 
     def authorize(self, context: grpc.aio.ServicerContext) -> None:
-        md = dict(context.invocation_metadata() or ())
-        given = md.get(MD_AUTHORIZATION, "")
-        token = given[len("Bearer "):] if given.startswith("Bearer ") else ""
-        if not token or not hmac.compare_digest(token.encode(), self._token):
-            raise OperatorError(grpc.StatusCode.UNAUTHENTICATED, "operator token required (authorization: Bearer ...)")
+        require_operator(context, self._token)
 
     def _writable(self) -> None:
         if not self.app.available:

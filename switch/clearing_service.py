@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hmac
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -28,7 +27,7 @@ from switch.admin_service import TOPUP_MAX_FEN
 from switch.app import App
 from switch.errors import OperatorError, Overloaded, RequestInvalid
 from switch.journal import Record
-from switch.protocol import MD_AUTHORIZATION
+from switch.operator_auth import require_operator
 from switch.state import ChannelTxn
 
 log = logging.getLogger("fuelswitch.clearing")
@@ -159,11 +158,7 @@ class Clearing:
         self.stats = ClearingStats()
 
     def authorize(self, context: grpc.aio.ServicerContext) -> None:
-        md = dict(context.invocation_metadata() or ())
-        given = md.get(MD_AUTHORIZATION, "")
-        token = given[len("Bearer "):] if given.startswith("Bearer ") else ""
-        if not token or not hmac.compare_digest(token.encode(), self._token):
-            raise OperatorError(grpc.StatusCode.UNAUTHENTICATED, "operator token required (authorization: Bearer ...)")
+        require_operator(context, self._token)
 
     def _writable(self) -> None:
         if not self.app.available:

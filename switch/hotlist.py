@@ -8,6 +8,7 @@ listed, and only listed cards ever have one.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 
 from switch import policy as P
@@ -88,18 +89,8 @@ class Hotlist:
             more = len(snapshot) > limit
             version = chunk[-1].version if more else self.version
             return Page(chunk, version, True, more)
-        start = _first_after(self.log, since_version)
+        start = bisect.bisect_right(self.log, since_version, key=lambda e: e.version)
         chunk = self.log[start:start + limit]
         more = start + limit < len(self.log)
         return Page(chunk, chunk[-1].version if chunk else since_version, False, more)
 
-
-def _first_after(log: list[Entry], version: int) -> int:
-    low, high = 0, len(log)
-    while low < high:
-        middle = (low + high) // 2
-        if log[middle].version <= version:
-            low = middle + 1
-        else:
-            high = middle
-    return low
