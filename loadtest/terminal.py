@@ -182,6 +182,11 @@ class Terminal:
             request_serializer=_identity,
             response_deserializer=_identity,
         )
+        self._upload_batch = channel.stream_unary(
+            method_path("UploadOfflineBatch"),
+            request_serializer=_identity,
+            response_deserializer=_identity,
+        )
 
     # ------------------------------------------------------------------ state
 
@@ -454,9 +459,11 @@ class Terminal:
         return await self._typed("SyncHotlist", request, pos_pb2.SyncHotlistResponse, stan)
 
     async def upload_offline(
-        self, records: Iterable[pos_pb2.OfflineTransaction]
+        self, records: Iterable[pos_pb2.OfflineTransaction], *, per_message: int = 1
     ) -> pos_pb2.OfflineUploadResult:
         """§9.3: one stream of MAC'ed records; stream fs-mac = HMAC-SM3 of the empty string.
+
+        per_message > 1 uploads through UploadOfflineBatch with that many records per stream message.
 
         Each record keeps the STAN it was given when the sale was made (a record with STAN 0 gets
         `next_stan()`); its terminal id is filled if empty and terminal_time_ms is set to now
@@ -473,8 +480,14 @@ class Terminal:
                 stamped.header.stan = self.next_stan()
             stamped.header.terminal_time_ms = self.now_ms()
             bodies.append(offline_record_bytes(stamped, session.mac_key))
-        call = self._upload(
-            iter(bodies),
+        if per_message > 1:
+            upload, messages = self._upload_batch, iter([
+                pos_pb2.OfflineBatch(records=bodies[at:at + per_message]).SerializeToString()
+                for at in range(0, len(bodies), per_message)])
+        else:
+            upload, messages = self._upload, iter(bodies)
+        call = upload(
+            messages,
             metadata=self.session_metadata(sm3.mac_hex(session.mac_key, b"")),
             timeout=self.timeout_s,
         )

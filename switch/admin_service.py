@@ -38,6 +38,10 @@ LIST_LIMIT_DEFAULT = 50
 LIST_LIMIT_MAX = 500
 TOPUP_MAX_FEN = AMOUNT_MAX_FEN * 10  # ¥1,000,000 in one top-up
 UNIT_PRICE_MAX_FEN = 100_000  # ¥1,000 per litre: anything above is a typo
+# ListTransactions' balance_change: the sign each kind moves the account's balance by. A POS
+# reversal's sign depends on what it undid (a hold moves nothing), so it is left at 0.
+_BALANCE_SIGNS = {"complete": -1, "purchase": -1, "offline_sale": -1, "refund": 1, "topup": 1,
+                  "channel_refund": -1, "channel_reversal": -1}
 STATE_CHANGES = {
     "active": {"frozen", "lost", "closed"},
     "frozen": {"active", "lost", "closed"},
@@ -247,7 +251,7 @@ class CardAdmin:
 
     def _transaction(self, r: asyncpg.Record) -> admin_pb2.Transaction:
         card = self.app.state.cards.get(r["card_id"]) if r["card_id"] else None
-        sign = {"complete": -1, "purchase": -1, "refund": 1, "topup": 1}.get(r["kind"], 0)
+        sign = _BALANCE_SIGNS.get(r["kind"], 0)
         return admin_pb2.Transaction(
             transaction_id=str(r["transaction_id"]), kind=r["kind"], account_id=str(r["account_id"]),
             card_id=str(r["card_id"] or ""), masked_pan=card.masked_pan if card else "", amount=r["amount"],

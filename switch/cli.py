@@ -1,4 +1,4 @@
-"""The `fuelswitch` command: serve, db migrate, verify, keys, admin, demo."""
+"""The `fuelswitch` command: serve, db migrate, verify, keys, admin, channels, reconcile, settlement, demo."""
 
 from __future__ import annotations
 
@@ -32,6 +32,19 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-concurrent-rpcs", dest="max_concurrent_rpcs", type=int,
                         help="calls in progress before RESOURCE_EXHAUSTED (default 4096)")
     parser.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING (default INFO)")
+    parser.add_argument("--settlement-cutoff-hour", dest="settlement_cutoff_hour", type=int,
+                        help="hour (UTC+8, 0..23) at which a settlement business day ends (default 0)")
+    parser.add_argument("--settlement-fee-bps", dest="settlement_fee_bps", type=int,
+                        help="network fee on station sales, basis points (default 0)")
+    parser.add_argument("--reconcile-fee-tolerance-fen", dest="reconcile_fee_tolerance_fen", type=int,
+                        help="channel fee differences up to this are not discrepancies (default 0)")
+
+
+CLEARING_COMMANDS = {
+    "channels": "payment-channel callback server (fuelswitch channels serve --help)",
+    "reconcile": "reconcile a channel statement, list and resolve discrepancies (fuelswitch reconcile --help)",
+    "settlement": "per-station settlement batches of a business day, CSV export (fuelswitch settlement --help)",
+}
 
 
 def _database_flags(parser: argparse.ArgumentParser) -> None:
@@ -60,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="rotate only this purpose (repeatable; default all)")
     _database_flags(key_commands.add_parser("list", help="show the data-key versions"))
     commands.add_parser("admin", help="operator commands over CardAdmin (fuelswitch admin --help)")
+    # Clearing commands parse their own arguments (switch/channel_gateway.py, switch/clearing_cli.py).
+    for name, text in CLEARING_COMMANDS.items():
+        commands.add_parser(name, help=text, add_help=False)
     demo = commands.add_parser("demo", help="start the switch on the embedded PostgreSQL and drive pump traffic")
     demo.add_argument("--duration-s", type=float, default=15.0)
     demo.add_argument("--terminals", type=int, default=16)
@@ -73,6 +89,14 @@ def main(argv: list[str] | None = None) -> int:
         from switch import admin_cli
 
         return admin_cli.main(argv[1:])
+    if argv[:1] == ["channels"]:
+        from switch import channel_gateway
+
+        return channel_gateway.main(argv[1:])
+    if argv[:1] in (["reconcile"], ["settlement"]):
+        from switch import clearing_cli
+
+        return clearing_cli.main(argv)
     args = build_parser().parse_args(argv)
     if args.command == "demo":
         if args.core_only:

@@ -1,13 +1,14 @@
 """The PosGateway calls for offline operation: SyncHotlist (read-only) and UploadOffline (client stream).
 
-Both authenticate like every other call (docs/pos-protocol.md §5). SyncHotlist changes nothing, so
-its STAN is not recorded. UploadOffline's stream MAC is over the empty byte string; each record
-carries its own MAC, checked before the record is looked at (§9.3).
+All authenticate like every other call (docs/pos-protocol.md §5). SyncHotlist changes nothing, so
+its STAN is not recorded. The upload streams' MAC is over the empty byte string; each record
+carries its own MAC, checked before the record is looked at (§9.3). UploadOffline and
+UploadOfflineBatch differ only in how many records one stream message carries.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING
 
 import grpc
@@ -27,6 +28,21 @@ if TYPE_CHECKING:
 
 # Per stream: a terminal holds a few hundred; the answer (about 35 bytes a record) stays under 1 MiB.
 UPLOAD_RECORDS_MAX = 20_000
+BATCH_RECORDS_MAX = 5_000  # records in one UploadOfflineBatch message
+
+
+def _one_record(message: bytes) -> Sequence[bytes]:
+    return (message,)
+
+
+def _batch_records(message: bytes) -> Sequence[bytes]:
+    try:
+        records = pos_pb2.OfflineBatch.FromString(message).records
+    except DecodeError as exc:
+        raise RequestInvalid("OfflineBatch does not parse") from exc
+    if len(records) > BATCH_RECORDS_MAX:
+        raise RequestInvalid(f"at most {BATCH_RECORDS_MAX} records per OfflineBatch message")
+    return records
 
 
 class OfflineGateway:
@@ -57,20 +73,32 @@ class OfflineGateway:
         context.set_trailing_metadata(((MD_MAC, sm3.mac_hex(session.mac_key, body)),))
         return body
 
-    async def upload(self, records: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes:
+    async def upload(self, messages: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes:
+        """UploadOffline: one record per stream message."""
+        return await self._upload(messages, context, _one_record)
+
+    async def upload_batches(self, messages: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes:
+        """UploadOfflineBatch: many records per stream message, so gRPC's per-message cost is paid per batch."""
+        return await self._upload(messages, context, _batch_records)
+
+    async def _upload(self, messages: AsyncIterator[bytes], context: grpc.aio.ServicerContext,
+                      records_of: Callable[[bytes], Sequence[bytes]]) -> bytes:
         app = self.app
         session = await self.gateway.authenticate(b"", context, app.clock_ms())
         total = pos_pb2.OfflineUploadResult(response_code=P.APPROVED, message="processed")
         pending: list[pos_pb2.OfflineTransaction] = []
         received = 0
-        async for raw in records:
-            received += 1
+        async for message in messages:
+            records = records_of(message)
+            received += len(records)
             if received > UPLOAD_RECORDS_MAX:
                 raise RequestInvalid(f"at most {UPLOAD_RECORDS_MAX} records per upload")
-            pending.append(self._authentic(session, raw, app.clock_ms()))
-            if len(pending) >= offline.CHUNK_RECORDS:
-                await self._decide(session, pending, total)
-                pending = []
+            now = app.clock_ms()
+            for raw in records:
+                pending.append(self._authentic(session, raw, now))
+                if len(pending) >= offline.CHUNK_RECORDS:
+                    await self._decide(session, pending, total)
+                    pending = []
         if pending:
             await self._decide(session, pending, total)
         body = total.SerializeToString()

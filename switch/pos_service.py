@@ -235,4 +235,5 @@ def method_handlers(gateway: PosGateway, guard: Callable[..., Any]) -> grpc.Gene
     offline = OfflineGateway(gateway)
     handlers["SyncHotlist"] = grpc.unary_unary_rpc_method_handler(guard(offline.sync_hotlist))
     handlers["UploadOffline"] = grpc.stream_unary_rpc_method_handler(guard(offline.upload))
+    handlers["UploadOfflineBatch"] = grpc.stream_unary_rpc_method_handler(guard(offline.upload_batches))
     return grpc.method_handlers_generic_handler(SERVICE, handlers)

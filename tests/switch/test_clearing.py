@@ -575,10 +575,15 @@ async def test_channel_top_ups_show_in_list_transactions(switch, channel, cleari
     account = network.cards[0].account_id
     await clearing.submit_payment(pay("L1", account, 1_500))
     await clearing.submit_refund(refund("L2", "L1", 500))
+    await clearing.submit_payment(pay("L3", account, 700))
+    report = await clearing.reconcile([line("L1", 1_500), line("L2", 500, kind="refund", original="L1")])
+    await clearing.resolve(report.run_id, "L3", "reverse", operator="finance-li")
     listed = await Operator(channel, OPERATOR_TOKEN).call("ListTransactions", admin_pb2.ListTransactionsRequest(
-        account_id=account, kinds=["topup", "channel_refund"]))
-    assert [(t.kind, t.amount, t.reference) for t in listed.transactions][:2] == [
-        ("channel_refund", 500, "wechat:L2"), ("topup", 1_500, "wechat:L1")]
+        account_id=account, kinds=["topup", "channel_refund", "channel_reversal"]))
+    # balance_change carries the sign: channel refunds and reversals take money out.
+    assert [(t.kind, t.amount, t.balance_change, t.reference) for t in listed.transactions][:4] == [
+        ("channel_reversal", 700, -700, ""), ("topup", 700, 700, "wechat:L3"),
+        ("channel_refund", 500, -500, "wechat:L2"), ("topup", 1_500, 1_500, "wechat:L1")]
 
 
 async def test_channel_references_and_operator_top_ups_never_collide_in_the_database(switch, channel, clearing,

@@ -9,6 +9,7 @@ from fuelswitch.v1 import admin_pb2, pos_pb2
 from fuelswitch.v1.common_pb2 import ProductPrice
 
 from loadtest.provision import Operator
+from switch import sm3
 from switch.hotlist import pan_sm3
 from switch.offline import NEGATIVE_REVIEW
 
@@ -102,6 +103,21 @@ async def test_a_bad_record_mac_ends_the_stream_but_earlier_records_stay(switch,
     assert await _balance(channel, card) == 100_000 - 700
 
 
+async def test_an_oversized_or_garbled_batch_message_is_refused_and_moves_nothing(switch, channel, network,
+                                                                                 terminal):
+    card = network.cards[0]
+    now = terminal.now_ms()
+    with pytest.raises(grpc.aio.AioRpcError) as oversized:  # 5,001 records in one OfflineBatch message
+        await terminal.upload_offline([_sale(card, 50_000 + i, 1, now) for i in range(5_001)], per_message=5_001)
+    assert oversized.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    upload = channel.stream_unary("/fuelswitch.v1.PosGateway/UploadOfflineBatch")
+    with pytest.raises(grpc.aio.AioRpcError) as garbled:
+        await upload(iter([b"\xff\xff\xff"]), metadata=terminal.session_metadata(
+            sm3.mac_hex(terminal.session.mac_key, b"")), timeout=10)
+    assert garbled.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert await _balance(channel, card) == 100_000
+
+
 async def test_station_prices_take_effect_at_their_time_and_reach_terminals(switch, channel, network, terminal):
     operator = Operator(channel, "test-operator-token")
     now = terminal.now_ms()
@@ -151,16 +167,18 @@ async def test_hotlist_deltas_full_snapshots_and_restart(switch, channel, networ
     assert unknown.offline_limits.floor_limit == 30_000 and unknown.station_id == network.station_id
 
 
-async def test_ten_thousand_records_twice_move_money_once(switch, channel, network, terminal):
+@pytest.mark.parametrize("per_message", [1, 700], ids=["UploadOffline", "UploadOfflineBatch"])
+async def test_ten_thousand_records_twice_move_money_once(switch, channel, network, terminal, per_message):
     now = terminal.now_ms()
     cards = network.cards
     records = [_sale(cards[i % 3], 100_000 + i, 9, now) for i in range(9_900)]
     records += records[:99]  # resent within the same upload
     records += [_sale(cards[3], 120_000 + i, 30_000, now) for i in range(4)]  # 120,000 > 100,000: negative
-    first = await terminal.upload_offline(records)
+    first = await terminal.upload_offline(records, per_message=per_message)
     assert (first.applied, first.duplicate, first.rejected) == (9_904, 99, 0)
+    assert [r.stan for r in first.results] == [r.header.stan for r in records]
     assert sum(r.flagged for r in first.results) == 1
-    again = await terminal.upload_offline(records)
+    again = await terminal.upload_offline(records, per_message=per_message)
     assert (again.applied, again.duplicate, again.rejected) == (0, 10_003, 0)
     for n, card in enumerate(cards[:3]):
         assert await _balance(channel, card) == 100_000 - 9 * len(range(n, 9_900, 3))
