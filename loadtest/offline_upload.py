@@ -58,7 +58,8 @@ async def main(spec_path: str) -> None:
     async with grpc.aio.insecure_channel(spec["target"]) as channel:
         terminal = Terminal(channel, *spec["terminal"], timeout_s=300.0)
         await terminal.sign_on()
-        bodies = build_records(terminal, spec["pans"], spec["records"], spec["seed"], first_stan=1_000_000)
+        bodies = build_records(terminal, spec["pans"], spec["records"], spec["seed"],
+                               first_stan=int(spec.get("first_stan", 1_000_000)))
         per_message = int(spec.get("per_message", 1))
         method = "UploadOfflineBatch" if per_message > 1 else "UploadOffline"
         upload = channel.stream_unary(f"/fuelswitch.v1.PosGateway/{method}",

@@ -2,15 +2,28 @@
 """SM2 (GB/T 32918) through OpenSSL 3 libcrypto: the compiled core of `switch.sm2`.
 
 Encodings are the project's (see switch/sm2.py): keys in hex, signatures 64 bytes r || s,
-ciphertexts C1 || C3 || C2 with C1 the bare 64-byte x || y. OpenSSL speaks DER on both
-(ECDSA-Sig-Value for signatures, SM2Ciphertext for encryption), so this module converts at
-the boundary with a minimal DER codec of its own.
+ciphertexts C1 || C3 || C2 with C1 the bare 64-byte x || y.
+
+The sign-on path - verify and encrypt to a public key - runs on OpenSSL's low-level EC API
+(GB/T 32918.2 section 7, 32918.4 section 6 written out here): one shared EC_GROUP whose base
+point multiples were precomputed once at import, each public key parsed once into an EC_POINT,
+SM3 through EVP. sign and decrypt, which need a private key, go through OpenSSL's EVP SM2
+implementation; OpenSSL speaks DER there (ECDSA-Sig-Value, SM2Ciphertext), so this module
+converts at that boundary with a minimal DER codec of its own.
 
 Arguments are checked under the GIL; the OpenSSL calls (all the EC math) run with the GIL
-released, so sign-ons can use threads. Every OpenSSL object is freed on every path, and the
-errors OpenSSL queues are popped before returning (a stale queue confuses the next OpenSSL
-user on the thread, e.g. `cryptography`).
+released, so sign-ons can use threads. Every OpenSSL object is freed on every path, secrets
+(the nonce k, the shared point, the key stream) are wiped, and the errors OpenSSL queues are
+popped before returning (a stale queue confuses the next OpenSSL user on the thread, e.g.
+`cryptography`).
 """
+
+# EC_GROUP_precompute_mult is deprecated in OpenSSL 3 (still exported and working); say so
+# before the first OpenSSL header is included.
+cdef extern from *:
+    """
+    #define OPENSSL_SUPPRESS_DEPRECATED 1
+    """
 
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcmp, memcpy, memmove, memset
@@ -45,12 +58,28 @@ cdef extern from "openssl/types.h" nogil:
     ctypedef struct OSSL_PARAM_BLD:
         pass
 
+cdef extern from "openssl/crypto.h" nogil:
+    void OPENSSL_cleanse(void* ptr, size_t length)
+
 cdef extern from "openssl/bn.h" nogil:
+    enum:
+        BN_FLG_CONSTTIME
     BIGNUM* BN_new()
     BIGNUM* BN_bin2bn(const unsigned char* s, int length, BIGNUM* ret)
     int BN_bn2binpad(const BIGNUM* a, unsigned char* to, int tolen)
     void BN_free(BIGNUM* a)
+    void BN_clear(BIGNUM* a)
     void BN_clear_free(BIGNUM* a)
+    void BN_set_flags(BIGNUM* b, int n)
+    int BN_is_zero(const BIGNUM* a)
+    int BN_cmp(const BIGNUM* a, const BIGNUM* b)
+    int BN_mod_add(BIGNUM* r, const BIGNUM* a, const BIGNUM* b, const BIGNUM* m, BN_CTX* ctx)
+    int BN_priv_rand_range(BIGNUM* rnd, const BIGNUM* range)
+    BN_CTX* BN_CTX_new()
+    void BN_CTX_free(BN_CTX* c)
+    void BN_CTX_start(BN_CTX* ctx)
+    BIGNUM* BN_CTX_get(BN_CTX* ctx)
+    void BN_CTX_end(BN_CTX* ctx)
 
 cdef extern from "openssl/ec.h" nogil:
     ctypedef enum point_conversion_form_t:
@@ -61,10 +90,16 @@ cdef extern from "openssl/ec.h" nogil:
     int EC_GROUP_get_curve(const EC_GROUP* group, BIGNUM* p, BIGNUM* a, BIGNUM* b, BN_CTX* ctx)
     const EC_POINT* EC_GROUP_get0_generator(const EC_GROUP* group)
     const BIGNUM* EC_GROUP_get0_order(const EC_GROUP* group)
+    int EC_GROUP_precompute_mult(EC_GROUP* group, BN_CTX* ctx)
+    int EC_GROUP_have_precompute_mult(const EC_GROUP* group)
     EC_POINT* EC_POINT_new(const EC_GROUP* group)
     void EC_POINT_free(EC_POINT* point)
+    void EC_POINT_clear_free(EC_POINT* point)
+    int EC_POINT_is_at_infinity(const EC_GROUP* group, const EC_POINT* p)
     int EC_POINT_mul(const EC_GROUP* group, EC_POINT* r, const BIGNUM* n, const EC_POINT* q,
                      const BIGNUM* m, BN_CTX* ctx)
+    int EC_POINT_get_affine_coordinates(const EC_GROUP* group, const EC_POINT* p, BIGNUM* x, BIGNUM* y,
+                                        BN_CTX* ctx)
     size_t EC_POINT_point2oct(const EC_GROUP* group, const EC_POINT* p, point_conversion_form_t form,
                               unsigned char* buf, size_t length, BN_CTX* ctx)
     int EC_POINT_oct2point(const EC_GROUP* group, EC_POINT* p, const unsigned char* buf, size_t length,
@@ -93,11 +128,14 @@ cdef extern from "openssl/err.h" nogil:
 cdef extern from "openssl/evp.h" nogil:
     enum:
         EVP_PKEY_KEYPAIR
-        EVP_PKEY_PUBLIC_KEY
     EVP_MD* EVP_MD_fetch(OSSL_LIB_CTX* ctx, const char* algorithm, const char* properties)
     EVP_MD_CTX* EVP_MD_CTX_new()
     void EVP_MD_CTX_free(EVP_MD_CTX* ctx)
+    int EVP_MD_CTX_copy_ex(EVP_MD_CTX* out, const EVP_MD_CTX* inp)
     void EVP_MD_CTX_set_pkey_ctx(EVP_MD_CTX* ctx, EVP_PKEY_CTX* pctx)
+    int EVP_DigestInit_ex(EVP_MD_CTX* ctx, const EVP_MD* type, ENGINE* impl)
+    int EVP_DigestUpdate(EVP_MD_CTX* ctx, const void* d, size_t cnt)
+    int EVP_DigestFinal_ex(EVP_MD_CTX* ctx, unsigned char* md, unsigned int* s)
     EVP_PKEY_CTX* EVP_PKEY_CTX_new_from_name(OSSL_LIB_CTX* libctx, const char* name, const char* propquery)
     EVP_PKEY_CTX* EVP_PKEY_CTX_new_from_pkey(OSSL_LIB_CTX* libctx, EVP_PKEY* pkey, const char* propquery)
     void EVP_PKEY_CTX_free(EVP_PKEY_CTX* ctx)
@@ -108,13 +146,6 @@ cdef extern from "openssl/evp.h" nogil:
     int EVP_DigestSignInit(EVP_MD_CTX* ctx, EVP_PKEY_CTX** pctx, const EVP_MD* md, ENGINE* e, EVP_PKEY* pkey)
     int EVP_DigestSign(EVP_MD_CTX* ctx, unsigned char* sig, size_t* siglen, const unsigned char* tbs,
                        size_t tbslen)
-    int EVP_DigestVerifyInit(EVP_MD_CTX* ctx, EVP_PKEY_CTX** pctx, const EVP_MD* md, ENGINE* e,
-                             EVP_PKEY* pkey)
-    int EVP_DigestVerify(EVP_MD_CTX* ctx, const unsigned char* sig, size_t siglen, const unsigned char* tbs,
-                         size_t tbslen)
-    int EVP_PKEY_encrypt_init(EVP_PKEY_CTX* ctx)
-    int EVP_PKEY_encrypt(EVP_PKEY_CTX* ctx, unsigned char* out, size_t* outlen, const unsigned char* inp,
-                         size_t inlen)
     int EVP_PKEY_decrypt_init(EVP_PKEY_CTX* ctx)
     int EVP_PKEY_decrypt(EVP_PKEY_CTX* ctx, unsigned char* out, size_t* outlen, const unsigned char* inp,
                          size_t inlen)
@@ -124,6 +155,8 @@ cdef enum:
     COORD = 32  # bytes per coordinate or scalar
     POINT_OCTETS = 1 + 2 * COORD  # 0x04 || x || y
     C1C3 = 3 * COORD  # raw ciphertext bytes before C2
+    SM3_BYTES = 32
+    CURVE_FIELDS = 4 * COORD  # a || b || xG || yG, as Z hashes them
     DER_HEADER_MAX = 4  # tag, 0x82, two length bytes: every length here stays below 64 KiB
     DER_INT_MAX = 3 + COORD  # tag, length, sign pad, 32 bytes
     DER_SIG_MAX = DER_HEADER_MAX + 2 * DER_INT_MAX
@@ -135,7 +168,8 @@ cdef enum:
     TAG_OCTET_STRING = 0x04
     TAG_SEQUENCE = 0x30
 
-# ENTL is a 2-byte count of bits, so 8191 bytes would fit; OpenSSL 3.0 stops one byte short.
+# ENTL is a 2-byte count of bits, so 8191 bytes would fit; OpenSSL 3.0 stops one byte short (its
+# signing refuses the last one, and verify keeps the same bound).
 USER_ID_MAX_BYTES = 0xFFFF // 8 - 1
 C2_MAX_BYTES = 0xFFFF - DER_CIPHERTEXT_OVERHEAD  # keeps every DER length within two bytes
 KEY_CACHE_MAX = 1024
@@ -154,10 +188,20 @@ cdef enum:
 
 # --------------------------------------------------------------------------- module state
 
+# One group for every operation here. It is only read after this point (OpenSSL's EC_POINT_mul
+# and friends take it const), so threads share it without a lock.
 cdef EC_GROUP* _GROUP = EC_GROUP_new_by_curve_name(NID_sm2)
 cdef EVP_MD* _SM3 = EVP_MD_fetch(NULL, b"SM3", NULL)
 if _GROUP == NULL or _SM3 == NULL:
     raise ImportError("this OpenSSL has no SM2 curve or no SM3 digest")
+cdef const BIGNUM* _ORDER = EC_GROUP_get0_order(_GROUP)
+cdef const EC_POINT* _G = EC_GROUP_get0_generator(_GROUP)
+cdef BIGNUM* _ZERO = BN_new()  # BN_new() is 0
+# Multiples of G, computed once (about 0.5 ms): OpenSSL's wNAF multiplication uses them for the
+# s*G half of s*G + t*P in verify, where both scalars are public.
+if _ZERO == NULL or EC_GROUP_precompute_mult(_GROUP, NULL) != 1 or not EC_GROUP_have_precompute_mult(_GROUP):
+    raise ImportError("OpenSSL could not precompute multiples of the SM2 base point")
+cdef unsigned char _CURVE_FIELDS[CURVE_FIELDS]
 
 
 cdef object _bn_int(const BIGNUM* bn):
@@ -175,12 +219,12 @@ def _curve():
     cdef unsigned char g[POINT_OCTETS]
     try:
         if (p == NULL or a == NULL or b == NULL or not EC_GROUP_get_curve(_GROUP, p, a, b, NULL)
-                or EC_POINT_point2oct(_GROUP, EC_GROUP_get0_generator(_GROUP), POINT_CONVERSION_UNCOMPRESSED,
-                                      g, POINT_OCTETS, NULL) != POINT_OCTETS):
+                or EC_POINT_point2oct(_GROUP, _G, POINT_CONVERSION_UNCOMPRESSED, g, POINT_OCTETS, NULL)
+                != POINT_OCTETS):
             raise ImportError("cannot read OpenSSL's SM2 curve")
         gx = int.from_bytes(g[1:1 + COORD], "big")
         gy = int.from_bytes(g[1 + COORD:POINT_OCTETS], "big")
-        return _bn_int(p), _bn_int(a), _bn_int(b), gx, gy, _bn_int(EC_GROUP_get0_order(_GROUP))
+        return _bn_int(p), _bn_int(a), _bn_int(b), gx, gy, _bn_int(_ORDER)
     finally:
         BN_free(p)
         BN_free(a)
@@ -189,6 +233,8 @@ def _curve():
 
 CURVE = _curve()
 cdef object _N = CURVE[5]
+cdef bytes _curve_fields = b"".join(v.to_bytes(COORD, "big") for v in CURVE[1:5])
+memcpy(_CURVE_FIELDS, <const unsigned char*>_curve_fields, CURVE_FIELDS)
 
 
 # --------------------------------------------------------------------------- keys
@@ -207,21 +253,22 @@ cdef class PrivateKey:
 
 
 cdef class PublicKey:
-    """A parsed SM2 public key (an OpenSSL EVP_PKEY); make one with `public_key`."""
+    """A parsed SM2 public key (an EC_POINT on the shared group); make one with `public_key`."""
 
-    cdef EVP_PKEY* pkey
+    cdef EC_POINT* point
     cdef readonly bytes xy  # the 64-byte x || y, for Z
 
     def __init__(self):
         raise TypeError("use public_key(hex)")
 
     def __dealloc__(self):
-        EVP_PKEY_free(self.pkey)
+        EC_POINT_free(self.point)
 
 
 # Terminals sign on again and again with the same key, and a sign-on uses its public key twice
-# (verify, then encrypt): parsing costs an EVP_PKEY import, and for a private key a scalar
-# multiplication. Bounded; the oldest entry goes first.
+# (verify, then encrypt): parsing costs a square-root-free on-curve check for a public key and a
+# scalar multiplication plus an EVP_PKEY import for a private key. Bounded; the oldest entry goes
+# first.
 cdef dict _private_cache = {}
 cdef dict _public_cache = {}
 
@@ -265,24 +312,39 @@ def public_key(public_hex):
         raise ValueError('SM2 public key must be 130 hex characters "04" || x || y')
     cdef bytes octets = bytes.fromhex(public_hex)
     cdef const unsigned char* pub = octets
-    cdef EVP_PKEY* pkey
+    cdef EC_POINT* point
     with nogil:
-        # OpenSSL's import refuses coordinates >= p and points off the curve. The cofactor is 1,
-        # so every point on the curve has order n and nP = O needs no separate check.
-        pkey = _pkey_from_params(pub, NULL)
-    if pkey == NULL:
+        point = _parse_point(pub)
+    if point == NULL:
         raise ValueError("SM2 public key is not a point on the curve")
     cdef PublicKey key = PublicKey.__new__(PublicKey)
-    key.pkey = pkey
+    key.point = point
     key.xy = octets[1:]
     return _remember(_public_cache, public_hex, key)
 
 
+cdef EC_POINT* _parse_point(const unsigned char* pub65) noexcept nogil:
+    """The affine point 0x04 || x || y, or NULL unless it is a finite point of the curve.
+
+    OpenSSL refuses coordinates >= p and points off the curve (GB/T 32918.1 6.2.1 steps a-c); the
+    uncompressed form cannot spell the point at infinity, checked anyway. The cofactor is 1, so
+    every such point has order n and nP = O needs no separate check (step d).
+    """
+    ERR_set_mark()
+    cdef EC_POINT* point = EC_POINT_new(_GROUP)
+    if point != NULL and (EC_POINT_oct2point(_GROUP, point, pub65, POINT_OCTETS, NULL) != 1
+                          or EC_POINT_is_at_infinity(_GROUP, point)):
+        EC_POINT_free(point)
+        point = NULL
+    ERR_pop_to_mark()
+    return point
+
+
 def _check_provider():
-    """Fail at import, not with a misleading "not a point on the curve" later, without SM2 keys."""
+    """Fail at import, not with a misleading error later, when OpenSSL cannot import SM2 keys."""
     try:
-        public_key(f"04{CURVE[3]:064x}{CURVE[4]:064x}")  # the base point G
-    except ValueError:
+        private_key(f"{1:064x}")  # d = 1: P = G, through the provider's key import
+    except MemoryError:
         raise ImportError("OpenSSL cannot import SM2 keys: is its default provider available?") from None
 
 
@@ -295,6 +357,7 @@ cdef EVP_PKEY* _keypair(const unsigned char* d32, unsigned char* pub65) noexcept
     ERR_set_mark()
     cdef BIGNUM* d = BN_bin2bn(d32, COORD, NULL)
     cdef EC_POINT* point = EC_POINT_new(_GROUP)
+    # A lone scalar with no other point: OpenSSL takes its constant-time ladder, not the table.
     if (d != NULL and point != NULL and EC_POINT_mul(_GROUP, point, d, NULL, NULL, NULL) == 1
             and EC_POINT_point2oct(_GROUP, point, POINT_CONVERSION_UNCOMPRESSED, pub65, POINT_OCTETS,
                                    NULL) == POINT_OCTETS):
@@ -306,7 +369,7 @@ cdef EVP_PKEY* _keypair(const unsigned char* d32, unsigned char* pub65) noexcept
 
 
 cdef EVP_PKEY* _pkey_from_params(const unsigned char* pub65, const BIGNUM* d) noexcept nogil:
-    """Import an SM2 key (d may be NULL for a public key) through the provider; NULL on failure."""
+    """Import an SM2 key pair through the provider; NULL on failure."""
     cdef OSSL_PARAM* params = NULL
     cdef EVP_PKEY_CTX* ctx = NULL
     cdef EVP_PKEY* pkey = NULL
@@ -314,19 +377,93 @@ cdef EVP_PKEY* _pkey_from_params(const unsigned char* pub65, const BIGNUM* d) no
     cdef OSSL_PARAM_BLD* build = OSSL_PARAM_BLD_new()
     if (build != NULL and OSSL_PARAM_BLD_push_utf8_string(build, OSSL_PKEY_PARAM_GROUP_NAME, b"SM2", 0)
             and OSSL_PARAM_BLD_push_octet_string(build, OSSL_PKEY_PARAM_PUB_KEY, pub65, POINT_OCTETS)
-            and (d == NULL or OSSL_PARAM_BLD_push_BN(build, OSSL_PKEY_PARAM_PRIV_KEY, d))):
+            and OSSL_PARAM_BLD_push_BN(build, OSSL_PKEY_PARAM_PRIV_KEY, d)):
         params = OSSL_PARAM_BLD_to_param(build)
     if params != NULL:
         ctx = EVP_PKEY_CTX_new_from_name(NULL, b"SM2", NULL)
     if ctx != NULL and EVP_PKEY_fromdata_init(ctx) == 1:
-        if EVP_PKEY_fromdata(ctx, &pkey, EVP_PKEY_PUBLIC_KEY if d == NULL else EVP_PKEY_KEYPAIR,
-                             params) != 1:
+        if EVP_PKEY_fromdata(ctx, &pkey, EVP_PKEY_KEYPAIR, params) != 1:
             pkey = NULL
     EVP_PKEY_CTX_free(ctx)
     OSSL_PARAM_free(params)
     OSSL_PARAM_BLD_free(build)
     ERR_pop_to_mark()
     return pkey
+
+
+# --------------------------------------------------------------------------- SM3 and the EC helpers
+
+cdef bint _z(EVP_MD_CTX* md, const unsigned char* uid, size_t uid_len, const unsigned char* xy,
+             unsigned char* out32) noexcept nogil:
+    """Z = SM3(ENTL || ID || a || b || xG || yG || xA || yA), GB/T 32918.2 section 5.5."""
+    cdef unsigned char entl[2]
+    entl[0] = <unsigned char>((8 * uid_len) >> 8)
+    entl[1] = <unsigned char>((8 * uid_len) & 0xFF)
+    return (EVP_DigestInit_ex(md, _SM3, NULL) == 1 and EVP_DigestUpdate(md, entl, 2) == 1
+            and EVP_DigestUpdate(md, uid, uid_len) == 1
+            and EVP_DigestUpdate(md, _CURVE_FIELDS, CURVE_FIELDS) == 1
+            and EVP_DigestUpdate(md, xy, 2 * COORD) == 1 and EVP_DigestFinal_ex(md, out32, NULL) == 1)
+
+
+cdef bint _sm3_3(EVP_MD_CTX* md, const unsigned char* a, size_t a_len, const unsigned char* b, size_t b_len,
+                 const unsigned char* c, size_t c_len, unsigned char* out32) noexcept nogil:
+    """SM3(a || b || c); out32 may be one of the inputs."""
+    return (EVP_DigestInit_ex(md, _SM3, NULL) == 1 and (a_len == 0 or EVP_DigestUpdate(md, a, a_len) == 1)
+            and (b_len == 0 or EVP_DigestUpdate(md, b, b_len) == 1)
+            and (c_len == 0 or EVP_DigestUpdate(md, c, c_len) == 1)
+            and EVP_DigestFinal_ex(md, out32, NULL) == 1)
+
+
+cdef bint _kdf(EVP_MD_CTX* md, EVP_MD_CTX* block, const unsigned char* x2y2, unsigned char* out,
+               size_t n) noexcept nogil:
+    """The first n bytes of SM3(x2 || y2 || ct) for ct = 1, 2, ... (GB/T 32918.4 5.4.3), into out.
+
+    x2 || y2 is exactly one SM3 block: it is absorbed once and the state copied for each counter.
+    """
+    cdef unsigned char counter[4]
+    cdef unsigned char digest[SM3_BYTES]
+    cdef size_t done = 0
+    cdef size_t take
+    cdef unsigned int ct = 1
+    if EVP_DigestInit_ex(md, _SM3, NULL) != 1 or EVP_DigestUpdate(md, x2y2, 2 * COORD) != 1:
+        return False
+    while done < n:
+        counter[0] = <unsigned char>(ct >> 24)
+        counter[1] = <unsigned char>(ct >> 16)
+        counter[2] = <unsigned char>(ct >> 8)
+        counter[3] = <unsigned char>ct
+        if (EVP_MD_CTX_copy_ex(block, md) != 1 or EVP_DigestUpdate(block, counter, 4) != 1
+                or EVP_DigestFinal_ex(block, digest, NULL) != 1):
+            OPENSSL_cleanse(digest, SM3_BYTES)
+            return False
+        take = n - done if n - done < SM3_BYTES else SM3_BYTES
+        memcpy(out + done, digest, take)
+        done += take
+        ct += 1
+    OPENSSL_cleanse(digest, SM3_BYTES)
+    return True
+
+
+cdef bint _affine(const EC_POINT* point, BIGNUM* x, BIGNUM* y, unsigned char* out64, BN_CTX* ctx) noexcept nogil:
+    """x || y of a finite point, 32 bytes each; False for the point at infinity."""
+    return (EC_POINT_get_affine_coordinates(_GROUP, point, x, y, ctx) == 1
+            and BN_bn2binpad(x, out64, COORD) == COORD and BN_bn2binpad(y, out64 + COORD, COORD) == COORD)
+
+
+cdef bint _random_scalar(BIGNUM* k) noexcept nogil:
+    """k uniform in [1, n-1] from OpenSSL's private DRBG (GB/T 32918.4 6.1 A1)."""
+    cdef int tries
+    for tries in range(NONCE_ATTEMPTS_MAX):  # 0 comes up with probability 2**-256
+        if BN_priv_rand_range(k, _ORDER) != 1:
+            return False
+        if not BN_is_zero(k):
+            return True
+    return False
+
+
+cdef bint _in_scalar_range(const BIGNUM* v) noexcept nogil:
+    """1 <= v <= n-1."""
+    return not BN_is_zero(v) and BN_cmp(v, _ORDER) < 0
 
 
 # --------------------------------------------------------------------------- sign / verify
@@ -353,14 +490,15 @@ def verify(PublicKey key not None, bytes message not None, bytes signature not N
     """True when `signature` (64 bytes r || s) is valid; False for anything else."""
     if len(signature) != 2 * COORD or len(user_id) > USER_ID_MAX_BYTES:
         return False
+    cdef const unsigned char* xy = key.xy
     cdef const unsigned char* msg = message
     cdef const unsigned char* sig = signature
     cdef const unsigned char* uid = user_id
     cdef size_t msg_len = len(message)
-    cdef int uid_len = len(user_id)
+    cdef size_t uid_len = len(user_id)
     cdef int status
     with nogil:
-        status = _verify(key.pkey, uid, uid_len, msg, msg_len, sig)
+        status = _verify(key.point, xy, uid, uid_len, msg, msg_len, sig)
     return status == OK
 
 
@@ -384,25 +522,6 @@ cdef int _sign(EVP_PKEY* pkey, const unsigned char* uid, int uid_len, const unsi
     return status
 
 
-cdef int _verify(EVP_PKEY* pkey, const unsigned char* uid, int uid_len, const unsigned char* msg,
-                 size_t msg_len, const unsigned char* sig64) noexcept nogil:
-    cdef unsigned char der[DER_SIG_MAX]
-    cdef size_t der_len = _der_signature(sig64, der)
-    cdef int status = FAILED
-    ERR_set_mark()
-    cdef EVP_PKEY_CTX* pctx = EVP_PKEY_CTX_new_from_pkey(NULL, pkey, NULL)
-    cdef EVP_MD_CTX* mctx = EVP_MD_CTX_new()
-    # OpenSSL checks r, s in [1, n-1] and t = r + s mod n != 0 (GB/T 32918.2 7.1 B1, B2, B5).
-    if (_digest_ctx(pctx, mctx, uid, uid_len)
-            and EVP_DigestVerifyInit(mctx, NULL, _SM3, NULL, pkey) == 1
-            and EVP_DigestVerify(mctx, der, der_len, msg, msg_len) == 1):
-        status = OK
-    EVP_MD_CTX_free(mctx)
-    EVP_PKEY_CTX_free(pctx)
-    ERR_pop_to_mark()
-    return status
-
-
 cdef bint _digest_ctx(EVP_PKEY_CTX* pctx, EVP_MD_CTX* mctx, const unsigned char* uid, int uid_len) noexcept nogil:
     """Attach pctx, carrying the distinguishing id, to mctx (OpenSSL 3 sets no default id)."""
     if pctx == NULL or mctx == NULL or EVP_PKEY_CTX_set1_id(pctx, uid, uid_len) <= 0:
@@ -411,24 +530,150 @@ cdef bint _digest_ctx(EVP_PKEY_CTX* pctx, EVP_MD_CTX* mctx, const unsigned char*
     return True
 
 
+cdef int _verify(const EC_POINT* pub, const unsigned char* xy, const unsigned char* uid, size_t uid_len,
+                 const unsigned char* msg, size_t msg_len, const unsigned char* sig64) noexcept nogil:
+    """GB/T 32918.2 section 7.1 (B1-B7); everything here is public, so nothing needs constant time."""
+    cdef unsigned char digest[SM3_BYTES]
+    cdef BIGNUM* r
+    cdef BIGNUM* s
+    cdef BIGNUM* t
+    cdef BIGNUM* e
+    cdef BIGNUM* x1
+    cdef BIGNUM* y1 = NULL
+    cdef int status = FAILED
+    ERR_set_mark()
+    cdef BN_CTX* ctx = BN_CTX_new()
+    cdef EVP_MD_CTX* md = EVP_MD_CTX_new()
+    cdef EC_POINT* point = EC_POINT_new(_GROUP)
+    if ctx != NULL:
+        BN_CTX_start(ctx)
+        r = BN_CTX_get(ctx)
+        s = BN_CTX_get(ctx)
+        t = BN_CTX_get(ctx)
+        e = BN_CTX_get(ctx)
+        x1 = BN_CTX_get(ctx)
+        y1 = BN_CTX_get(ctx)  # NULL if any of them failed
+    if (y1 != NULL and md != NULL and point != NULL
+            and BN_bin2bn(sig64, COORD, r) != NULL and BN_bin2bn(sig64 + COORD, COORD, s) != NULL
+            and _in_scalar_range(r) and _in_scalar_range(s)  # B1, B2
+            and _z(md, uid, uid_len, xy, digest)  # B3: Z || M ...
+            and _sm3_3(md, digest, SM3_BYTES, msg, msg_len, NULL, 0, digest)  # B4: e = SM3(Z || M)
+            and BN_bin2bn(digest, SM3_BYTES, e) != NULL
+            and BN_mod_add(t, r, s, _ORDER, ctx) == 1 and not BN_is_zero(t)  # B5: t = r + s mod n, t != 0
+            # B6: (x1, y1) = s*G + t*P in one interleaved multiplication, s*G from the table.
+            and EC_POINT_mul(_GROUP, point, s, pub, t, ctx) == 1
+            and EC_POINT_get_affine_coordinates(_GROUP, point, x1, y1, ctx) == 1  # fails at infinity
+            and BN_mod_add(x1, e, x1, _ORDER, ctx) == 1 and BN_cmp(x1, r) == 0):  # B7: (e + x1) mod n == r
+        status = OK
+    if ctx != NULL:
+        BN_CTX_end(ctx)
+    BN_CTX_free(ctx)
+    EC_POINT_free(point)
+    EVP_MD_CTX_free(md)
+    ERR_pop_to_mark()
+    return status
+
+
 # --------------------------------------------------------------------------- encrypt / decrypt
 
 def encrypt(PublicKey key not None, bytes plaintext not None):
     """C1 || C3 || C2 (C1 the bare x || y) of a 1 to C2_MAX_BYTES byte plaintext."""
+    return _encrypt_checked(key, plaintext, None)
+
+
+def _encrypt_with_k(PublicKey key not None, bytes plaintext not None, k):
+    """`encrypt` with the nonce k fixed, for the standard's examples (tests only: k must be secret)."""
+    if not isinstance(k, int) or not 1 <= k < _N:
+        raise ValueError("k must be an integer in [1, n-1]")
+    return _encrypt_checked(key, plaintext, k.to_bytes(COORD, "big"))
+
+
+cdef bytes _encrypt_checked(PublicKey key, bytes plaintext, bytes k):
     cdef size_t n = len(plaintext)
     if not 1 <= n <= C2_MAX_BYTES:
         raise ValueError(f"SM2 plaintext must be 1 to {C2_MAX_BYTES} bytes")
     cdef bytes out = PyBytes_FromStringAndSize(NULL, C1C3 + n)
     cdef unsigned char* out_ptr = <unsigned char*>PyBytes_AS_STRING(out)
     cdef const unsigned char* msg = plaintext
+    cdef const unsigned char* k_ptr = NULL
+    if k is not None:
+        k_ptr = k
     cdef int status
     with nogil:
-        status = _encrypt(key.pkey, msg, n, out_ptr)
+        status = _encrypt(key.point, msg, n, k_ptr, out_ptr)
     if status == NO_NONCE:
         raise RuntimeError("SM2 encryption found no usable nonce: is the random source broken?")
+    if status == ZERO_KEY_STREAM:
+        raise ValueError("SM2 encryption with this k gives an all-zero key stream")
     if status != OK:
         raise RuntimeError("OpenSSL failed to SM2-encrypt")
     return out
+
+
+cdef int _encrypt(const EC_POINT* pub, const unsigned char* msg, size_t n, const unsigned char* k32,
+                  unsigned char* out) noexcept nogil:
+    """GB/T 32918.4 section 6.1 (A1-A8) into out = C1 || C3 || C2; k32 fixes k (NULL: random).
+
+    S = h*P (A3) is P itself: h = 1, and P was checked to be a finite point when it was parsed.
+    """
+    cdef unsigned char x2y2[2 * COORD]
+    cdef unsigned char any_bit
+    cdef size_t i
+    cdef int attempt
+    cdef BIGNUM* k
+    cdef BIGNUM* x
+    cdef BIGNUM* y = NULL
+    cdef int status = FAILED
+    ERR_set_mark()
+    cdef BN_CTX* ctx = BN_CTX_new()  # freed with BN_clear_free on its values: k and x2, y2 pass through it
+    cdef EVP_MD_CTX* md = EVP_MD_CTX_new()
+    cdef EVP_MD_CTX* block = EVP_MD_CTX_new()
+    cdef EC_POINT* c1 = EC_POINT_new(_GROUP)
+    cdef EC_POINT* shared = EC_POINT_new(_GROUP)
+    if ctx != NULL:
+        BN_CTX_start(ctx)
+        k = BN_CTX_get(ctx)
+        x = BN_CTX_get(ctx)
+        y = BN_CTX_get(ctx)  # NULL if any of them failed
+    if y != NULL and md != NULL and block != NULL and c1 != NULL and shared != NULL:
+        BN_set_flags(k, BN_FLG_CONSTTIME)
+        for attempt in range(NONCE_ATTEMPTS_MAX if k32 == NULL else 1):
+            status = FAILED
+            if not ((_random_scalar(k) if k32 == NULL else BN_bin2bn(k32, COORD, k) != NULL)  # A1
+                    # A2: C1 = k*G on OpenSSL's constant-time ladder. The precomputed multiples of G
+                    # would be 200 us faster, but only through the wNAF path, whose timing depends
+                    # on the secret k (docs/security.md §5): we keep the ladder.
+                    and EC_POINT_mul(_GROUP, c1, k, NULL, NULL, ctx) == 1
+                    and _affine(c1, x, y, out, ctx)
+                    # A4: (x2, y2) = k*P on the constant-time ladder (a lone variable point).
+                    and EC_POINT_mul(_GROUP, shared, NULL, pub, k, ctx) == 1
+                    and _affine(shared, x, y, x2y2, ctx)
+                    and _kdf(md, block, x2y2, out + C1C3, n)):  # A5: t = KDF(x2 || y2, klen)
+                break
+            any_bit = 0
+            for i in range(n):
+                any_bit |= out[C1C3 + i]
+            if any_bit == 0:  # A5: an all-zero t needs a fresh k
+                status = ZERO_KEY_STREAM if k32 != NULL else NO_NONCE
+                continue
+            for i in range(n):  # A6: C2 = M xor t
+                out[C1C3 + i] ^= msg[i]
+            if _sm3_3(md, x2y2, COORD, msg, n, x2y2 + COORD, COORD, out + 2 * COORD):  # A7: C3
+                status = OK
+            break
+        BN_clear(k)
+        BN_clear(x)
+        BN_clear(y)
+    if ctx != NULL:
+        BN_CTX_end(ctx)
+    BN_CTX_free(ctx)
+    EC_POINT_clear_free(shared)
+    EC_POINT_free(c1)
+    EVP_MD_CTX_free(block)
+    EVP_MD_CTX_free(md)
+    OPENSSL_cleanse(x2y2, 2 * COORD)
+    ERR_pop_to_mark()
+    return status
 
 
 def decrypt(PrivateKey key not None, bytes ciphertext not None):
@@ -450,33 +695,6 @@ def decrypt(PrivateKey key not None, bytes ciphertext not None):
     if status != OK:
         raise ValueError("SM2 ciphertext failed its C3 check (wrong key or corrupted)")
     return out
-
-
-cdef int _encrypt(EVP_PKEY* pkey, const unsigned char* msg, size_t n, unsigned char* out) noexcept nogil:
-    cdef size_t der_len
-    cdef int status = FAILED
-    cdef int attempt
-    ERR_set_mark()
-    cdef EVP_PKEY_CTX* pctx = EVP_PKEY_CTX_new_from_pkey(NULL, pkey, NULL)
-    cdef unsigned char* der = <unsigned char*>malloc(n + DER_CIPHERTEXT_OVERHEAD)
-    # The asymmetric cipher defaults to SM3 for C3 and the KDF (GB/T 32918.4).
-    if pctx != NULL and der != NULL and EVP_PKEY_encrypt_init(pctx) == 1:
-        for attempt in range(NONCE_ATTEMPTS_MAX):
-            der_len = n + DER_CIPHERTEXT_OVERHEAD
-            if (EVP_PKEY_encrypt(pctx, der, &der_len, msg, n) != 1
-                    or not _der_ciphertext_to_raw(der, der_len, n, out)):
-                status = FAILED
-                break
-            # GB/T 32918.4 6.1 A5: an all-zero key stream t needs a fresh k. Recent 3.0 releases
-            # redraw k themselves; this guards the ones that do not (C2 = M xor t is M then).
-            if memcmp(out + C1C3, msg, n) != 0:
-                status = OK
-                break
-            status = NO_NONCE
-    free(der)
-    EVP_PKEY_CTX_free(pctx)
-    ERR_pop_to_mark()
-    return status
 
 
 cdef int _decrypt(EVP_PKEY* pkey, const unsigned char* ct, size_t length, unsigned char* out) noexcept nogil:
@@ -518,8 +736,9 @@ cdef bint _on_curve(const unsigned char* xy) noexcept nogil:
 
 
 # --------------------------------------------------------------------------- DER
-# Just what OpenSSL exchanges here: a SEQUENCE of non-negative INTEGERs of at most 32 bytes
-# (r, s; C1's x, y) and OCTET STRINGs (C3, C2), every length below 64 KiB.
+# Just what OpenSSL's EVP sign and decrypt exchange: a SEQUENCE of non-negative INTEGERs of at
+# most 32 bytes (r, s out of sign; C1's x, y into decrypt) and OCTET STRINGs (C3, C2 into decrypt),
+# every length below 64 KiB.
 
 cdef struct DerReader:
     const unsigned char* pos
@@ -566,15 +785,6 @@ cdef bint _der_read_uint(DerReader* reader, unsigned char* out32) noexcept nogil
     return True
 
 
-cdef bint _der_read_octets(DerReader* reader, unsigned char* out, size_t length) noexcept nogil:
-    """An OCTET STRING of exactly `length` bytes into out."""
-    cdef DerReader value
-    if not _der_next(reader, TAG_OCTET_STRING, &value) or <size_t>(value.end - value.pos) != length:
-        return False
-    memcpy(out, value.pos, length)
-    return True
-
-
 cdef bint _der_signature_to_raw(const unsigned char* der, size_t der_len, unsigned char* out64) noexcept nogil:
     cdef DerReader reader
     cdef DerReader body
@@ -582,20 +792,6 @@ cdef bint _der_signature_to_raw(const unsigned char* der, size_t der_len, unsign
     reader.end = der + der_len
     return (_der_next(&reader, TAG_SEQUENCE, &body) and reader.pos == reader.end
             and _der_read_uint(&body, out64) and _der_read_uint(&body, out64 + COORD)
-            and body.pos == body.end)
-
-
-cdef bint _der_ciphertext_to_raw(const unsigned char* der, size_t der_len, size_t n,
-                                 unsigned char* out) noexcept nogil:
-    """SM2Ciphertext {x, y, C3, C2} with an n-byte C2 into x || y || C3 || C2."""
-    cdef DerReader reader
-    cdef DerReader body
-    reader.pos = der
-    reader.end = der + der_len
-    return (_der_next(&reader, TAG_SEQUENCE, &body) and reader.pos == reader.end
-            and _der_read_uint(&body, out) and _der_read_uint(&body, out + COORD)
-            and _der_read_octets(&body, out + 2 * COORD, COORD)
-            and _der_read_octets(&body, out + C1C3, n)
             and body.pos == body.end)
 
 
@@ -645,13 +841,6 @@ cdef size_t _der_seal(unsigned char* out, size_t body_len) noexcept nogil:
     memmove(out + header_len, out + DER_HEADER_MAX, body_len)
     memcpy(out, header, header_len)
     return header_len + body_len
-
-
-cdef size_t _der_signature(const unsigned char* sig64, unsigned char* out) noexcept nogil:
-    cdef unsigned char* body = out + DER_HEADER_MAX
-    cdef size_t pos = _der_put_uint(body, sig64)
-    pos += _der_put_uint(body + pos, sig64 + COORD)
-    return _der_seal(out, pos)
 
 
 cdef size_t _der_ciphertext(const unsigned char* ct, size_t n, unsigned char* out) noexcept nogil:

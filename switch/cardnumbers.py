@@ -7,13 +7,13 @@ keys can recover a number (re-issuing, disputes); `decrypt` is the only way back
 
 from __future__ import annotations
 
-import hmac
 import secrets
 
 import asyncpg
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from switch import sm3
 from switch.keyring import GCM_NONCE_LEN_BYTES, GCM_TAG_LEN_BYTES, Keyring, KeyringError
 
 INDEX_KEY_VERSION = 1  # the index key is not rotated: a new one would mean re-indexing every card
@@ -23,7 +23,7 @@ _AAD = b"fuelswitch pan"
 
 def pan_index(keyring: Keyring, pan: str) -> bytes:
     """HMAC-SM3 of the PAN: equal PANs give equal indexes; without the key it reveals nothing."""
-    return hmac.digest(keyring.get("pan-index", INDEX_KEY_VERSION), pan.encode(), "sm3")
+    return sm3.hmac_sm3(keyring.get("pan-index", INDEX_KEY_VERSION), pan.encode())
 
 
 def encrypt(keyring: Keyring, pan: str) -> bytes:

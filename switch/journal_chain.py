@@ -11,9 +11,10 @@ still be recognised (and reported as moved rather than as edited).
 
 from __future__ import annotations
 
-import hmac
 import struct
 from collections.abc import Sequence
+
+from switch import sm3
 
 GENESIS = bytes(32)  # prev_chain of the first chained row
 _FIXED = struct.Struct(">hqqhqH")  # kind, ref, value, status, recorded_ms, leg count
@@ -29,4 +30,4 @@ def content(kind: int, ref: int, account_ids: Sequence[int], amounts: Sequence[i
 
 
 def link(key: bytes, prev_chain: bytes, row_content: bytes) -> bytes:
-    return hmac.digest(key, prev_chain + row_content, "sm3")
+    return sm3.hmac_sm3(key, prev_chain + row_content)

@@ -8,6 +8,8 @@ UploadOfflineBatch differ only in how many records one stream message carries.
 
 from __future__ import annotations
 
+import asyncio
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -29,6 +31,18 @@ if TYPE_CHECKING:
 # Per stream: a terminal holds a few hundred; the answer (about 35 bytes a record) stays under 1 MiB.
 UPLOAD_RECORDS_MAX = 20_000
 BATCH_RECORDS_MAX = 5_000  # records in one UploadOfflineBatch message
+# Chunks of one stream decided but not yet committed: the next chunk is decided while the previous
+# one commits, so the loop does not sit idle during PostgreSQL's part (a failed commit fails every
+# later one too, and the stream ends with 91).
+CHUNKS_COMMITTING_MAX = 2
+# Chunks of all uploads together waiting for the journal: live decisions share its commits, so this
+# bounds how much offline work a live call can find ahead of it.
+CHUNKS_IN_JOURNAL_MAX = 3
+
+
+def _retrieve_failure(commit: asyncio.Future[None]) -> None:
+    if not commit.cancelled():
+        commit.exception()
 
 
 def _one_record(message: bytes) -> Sequence[bytes]:
@@ -49,6 +63,7 @@ class OfflineGateway:
     def __init__(self, gateway: PosGateway) -> None:
         self.gateway = gateway
         self.app = gateway.app
+        self._journal_lane = asyncio.Semaphore(CHUNKS_IN_JOURNAL_MAX)
 
     async def sync_hotlist(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         app = self.app
@@ -86,6 +101,20 @@ class OfflineGateway:
         app = self.app
         session = await self.gateway.authenticate(b"", context, app.clock_ms())
         total = pos_pb2.OfflineUploadResult(response_code=P.APPROVED, message="processed")
+        committing: deque[asyncio.Future[None]] = deque()
+        try:
+            await self._receive(session, messages, records_of, total, committing)
+        finally:  # a stream that ends early leaves its chunks committing: their failures are not news
+            for commit in committing:
+                commit.add_done_callback(_retrieve_failure)
+        body = total.SerializeToString()
+        context.set_trailing_metadata(((MD_MAC, sm3.mac_hex(session.mac_key, body)),))
+        return body
+
+    async def _receive(self, session: Session, messages: AsyncIterator[bytes],
+                       records_of: Callable[[bytes], Sequence[bytes]], total: pos_pb2.OfflineUploadResult,
+                       committing: deque[asyncio.Future[None]]) -> None:
+        app = self.app
         pending: list[pos_pb2.OfflineTransaction] = []
         received = 0
         async for message in messages:
@@ -97,13 +126,18 @@ class OfflineGateway:
             for raw in records:
                 pending.append(self._authentic(session, raw, now))
                 if len(pending) >= offline.CHUNK_RECORDS:
-                    await self._decide(session, pending, total)
+                    await self._journal_lane.acquire()
+                    committing.append(self._decide(session, pending, total))
                     pending = []
+                    if len(committing) > CHUNKS_COMMITTING_MAX:
+                        await committing.popleft()  # JournalUnavailable ends the stream: upload again
+                    else:
+                        await asyncio.sleep(0)  # let live calls in between chunks of a big message
         if pending:
-            await self._decide(session, pending, total)
-        body = total.SerializeToString()
-        context.set_trailing_metadata(((MD_MAC, sm3.mac_hex(session.mac_key, body)),))
-        return body
+            await self._journal_lane.acquire()
+            committing.append(self._decide(session, pending, total))
+        while committing:  # the answer goes out only once every chunk is durable
+            await committing.popleft()
 
     def _authentic(self, session: Session, raw: bytes, now: int) -> pos_pb2.OfflineTransaction:
         """Frame and MAC first, then parse; a bad record ends the stream (records before it stay applied)."""
@@ -122,15 +156,22 @@ class OfflineGateway:
         SessionTable.check_header(session, record.header.terminal_id, record.header.terminal_time_ms, now)
         return record
 
-    async def _decide(self, session: Session, records: list[pos_pb2.OfflineTransaction],
-                      total: pos_pb2.OfflineUploadResult) -> None:
+    def _decide(self, session: Session, records: list[pos_pb2.OfflineTransaction],
+                total: pos_pb2.OfflineUploadResult) -> asyncio.Future[None]:
+        """Decide a chunk now and hand it to the journal writer; the returned future is its commit."""
         app = self.app
         if not app.available:
+            self._journal_lane.release()
             raise JournalUnavailable("host is recovering; upload again")
         terminal = app.state.terminals[session.terminal_id]
-        chunk = offline.decide_chunk(app.state, app.keyring, terminal.terminal_id, terminal.station_id,
-                                     app.clock_ms(), app.config.offline, records)
-        await app.writer.submit(chunk.records)  # JournalUnavailable ends the stream: upload again
+        try:
+            chunk = offline.decide_chunk(app.state, app.keyring, terminal.terminal_id, terminal.station_id,
+                                         app.clock_ms(), app.config.offline, records)
+        except BaseException:
+            self._journal_lane.release()
+            raise
+        commit = app.writer.submit(chunk.records)
+        commit.add_done_callback(lambda _: self._journal_lane.release())
         for result in chunk.results:
             total.results.append(result)
             if result.status == "applied":
@@ -139,3 +180,4 @@ class OfflineGateway:
                 total.duplicate += 1
             else:
                 total.rejected += 1
+        return commit

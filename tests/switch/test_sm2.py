@@ -505,13 +505,14 @@ def test_ciphertexts_cross_between_openssl_and_gmssl(private: str, plaintext: by
     assert sm2.decrypt(private, ref.encrypt(public, plaintext)) == plaintext
 
 
-def test_openssl_reads_short_der_integers() -> None:
-    # Integers with a leading zero byte are one byte shorter in DER: r, s on the way in to
-    # OpenSSL's verify; C1's x, y on the way in to its decrypt.
+def test_openssl_reads_short_integers() -> None:
+    # Values with a leading zero byte: r, s into the low-level verify; C1's x, y into OpenSSL's
+    # decrypt, where DER carries them one byte shorter.
     d, curve = int(STD_D, 16), ref.SM2_P256
     for k, short in ((K_SHORT_R, 0), (K_SHORT_S, 32)):
-        r, s = ref._sign_e(curve, d, STD_E, k)
-        signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+        signed = ref._sign_e(curve, d, STD_E, k)
+        assert signed is not None
+        signature = signed[0].to_bytes(32, "big") + signed[1].to_bytes(32, "big")
         assert signature[short] == 0
         assert sm2.verify(STD_PUBLIC, b"message digest", signature)
     for k, short in ((K_SHORT_X, 0), (K_SHORT_Y, 32)):
@@ -528,8 +529,9 @@ def _until(produce: Callable[[], bytes], short: Callable[[bytes], bool], tries: 
     raise AssertionError(f"no output with a leading zero coordinate byte in {tries} tries")
 
 
-def test_openssl_writes_short_der_integers_back_to_32_bytes() -> None:
-    # OpenSSL's own r, s and C1 come out of DER shortened about once in 128 tries.
+def test_openssl_writes_short_integers_back_to_32_bytes() -> None:
+    # OpenSSL's own r, s come out of DER shortened, and C1's x or y has a leading zero byte, about
+    # once in 128 tries.
     signature = _until(lambda: sm2.sign(STD_D, b"m"), lambda sig: sig[0] == 0 or sig[32] == 0)
     assert len(signature) == 64 and ref.verify(STD_PUBLIC, b"m", signature)
     ciphertext = _until(lambda: sm2.encrypt(STD_PUBLIC, b"k" * 32), lambda ct: ct[0] == 0 or ct[32] == 0)
@@ -537,10 +539,122 @@ def test_openssl_writes_short_der_integers_back_to_32_bytes() -> None:
 
 
 def test_openssl_encrypt_redraws_k_on_an_all_zero_key_stream() -> None:
-    # A 1-byte key stream is zero once in 256 nonces. Early OpenSSL 3.0 releases then send C2 = M;
-    # the wrapper redraws k itself in case (recent releases do too).
+    # A 1-byte key stream is zero once in 256 nonces; the wrapper then draws a fresh k (A5) rather
+    # than send C2 = M.
     plaintext = b"\x5a"
     assert all(sm2.encrypt(STD_PUBLIC, plaintext)[96:] != plaintext for _ in range(2000))
+
+
+# ---------------------------------------------------------------- the low-level OpenSSL path, fixed k
+# encrypt and verify run on OpenSSL's low-level EC API (k*G and s*G from precomputed multiples of G).
+# A fixed k replays the standard and the reference exactly.
+
+
+def _ossl_encrypt_k(public_hex: str, plaintext: bytes, k: int) -> bytes:
+    return _sm2_openssl._encrypt_with_k(_sm2_openssl.public_key(public_hex), plaintext, k)
+
+
+def test_openssl_replays_the_standard_encryption_with_the_standard_k() -> None:
+    assert _ossl_encrypt_k(STD_PUBLIC, b"encryption standard", STD_K) == STD_CIPHERTEXT
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    private=PRIVATE_SCALARS,
+    plaintext=st.binary(min_size=1, max_size=130),  # up to five KDF blocks
+    k=st.integers(1, N - 1) | st.sampled_from([1, 2, 3, N - 2, N - 1, 2**255, 2**128 + 1]),
+)
+def test_openssl_encryption_with_a_fixed_k_is_the_reference_s(private: str, plaintext: bytes, k: int) -> None:
+    public = sm2.public_key_from_private(private)
+    expected = ref._encrypt_k(ref.SM2_P256, ref._parse_public(ref.SM2_P256, public), plaintext, k)
+    if expected is None:  # an all-zero key stream: both refuse this k
+        with pytest.raises(ValueError, match="all-zero key stream"):
+            _ossl_encrypt_k(public, plaintext, k)
+    else:
+        assert _ossl_encrypt_k(public, plaintext, k) == expected
+
+
+def test_openssl_encryption_pads_short_coordinates_of_c1() -> None:
+    for k, short in ((K_SHORT_X, 0), (K_SHORT_Y, 32)):
+        ciphertext = _ossl_encrypt_k(STD_PUBLIC, b"encryption standard", k)
+        assert ciphertext[short] == 0 and len(ciphertext) == 96 + len(b"encryption standard")
+        assert ciphertext == ref._encrypt_k(ref.SM2_P256, _std_point(), b"encryption standard", k)
+
+
+def test_openssl_encryption_refuses_an_all_zero_key_stream_for_a_fixed_k() -> None:
+    with pytest.raises(ValueError, match="all-zero key stream"):
+        _ossl_encrypt_k(STD_PUBLIC, b"\x5a", K_ZERO_KEY_STREAM)
+    # The same k with a longer message has a non-zero key stream.
+    assert sm2.decrypt(STD_D, _ossl_encrypt_k(STD_PUBLIC, b"\x5a\x5a", K_ZERO_KEY_STREAM)) == b"\x5a\x5a"
+
+
+@pytest.mark.parametrize("k", [0, N, N + 1, -1, 2**256, 1.0, None], ids=str)
+def test_a_fixed_k_must_be_a_nonzero_scalar(k: object) -> None:
+    with pytest.raises(ValueError, match="k must be"):
+        _sm2_openssl._encrypt_with_k(_sm2_openssl.public_key(STD_PUBLIC), b"m", k)  # type: ignore[arg-type]
+
+
+def test_encryption_to_small_multiples_of_g() -> None:
+    # d = 1 makes P = G, so k*P (the ladder) must equal C1 = k*G (the precomputed table): then
+    # C3 = SM3(x1 || M || y1). d = 2 and n-2 (P = -2G) cross with the reference.
+    plaintext = secrets.token_bytes(32)
+    ciphertext = sm2.encrypt(sm2.public_key_from_private(f"{1:064x}"), plaintext)
+    assert ciphertext[64:96] == sm3(ciphertext[:32] + plaintext + ciphertext[32:64])
+    for d in (1, 2, N - 2):
+        private = f"{d:064x}"
+        public = sm2.public_key_from_private(private)
+        for message in (b"\x00", plaintext, secrets.token_bytes(sm2.PLAINTEXT_MAX_BYTES)):
+            assert ref.decrypt(private, sm2.encrypt(public, message)) == message
+            assert sm2.decrypt(private, ref.encrypt(public, message)) == message
+
+
+def test_verify_refuses_a_signature_whose_sum_point_is_at_infinity() -> None:
+    # B6 with s*G + t*P = O: s + (r + s) d = 0 mod n, i.e. s = -r d / (1 + d). There is no x1.
+    d = int(STD_D, 16)
+    r = STD_R
+    s = (-r * d * pow(1 + d, -1, N)) % N
+    assert 0 < s < N and (r + s) % N != 0
+    signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+    assert sm2.verify(STD_PUBLIC, b"message digest", signature) is False
+    assert ref.verify(STD_PUBLIC, b"message digest", signature) is False
+
+
+def test_verify_refuses_r_plus_s_equal_to_n_with_a_matching_point() -> None:
+    # t = 0 (B5) would make the sum s*G alone; refused before any multiplication.
+    for r in (1, STD_R, N - 1):
+        signature = r.to_bytes(32, "big") + (N - r).to_bytes(32, "big")
+        assert sm2.verify(STD_PUBLIC, b"message digest", signature) is False
+
+
+@pytest.mark.parametrize("message", [b"", b"\x00", b"x" * 55, b"y" * 64, secrets.token_bytes(65_536)],
+                         ids=["empty", "zero-byte", "55", "64", "64KiB"])
+def test_signatures_of_edge_length_messages_cross(message: bytes) -> None:
+    private, public = X04_D, X04_PUBLIC
+    assert ref.verify(public, message, sm2.sign(private, message))
+    assert sm2.verify(public, message, ref.sign(private, message))
+    assert not sm2.verify(public, message + b"\x00", sm2.sign(private, message))
+
+
+def test_ciphertexts_of_the_largest_plaintext_cross() -> None:
+    plaintext = secrets.token_bytes(sm2.PLAINTEXT_MAX_BYTES)
+    assert ref.decrypt(X04_D, sm2.encrypt(X04_PUBLIC, plaintext)) == plaintext
+    assert sm2.decrypt(X04_D, ref.encrypt(X04_PUBLIC, plaintext)) == plaintext
+
+
+def test_public_keys_that_are_not_finite_curve_points_are_refused_by_the_parser() -> None:
+    p = ref.SM2_P256.p
+    gy = f"{ref.SM2_P256.gy:064x}"
+    for public in (
+        "04" + "00" * 64,  # the usual stand-in for the point at infinity: not on the curve
+        "00",  # the SEC 1 spelling of the point at infinity
+        _off_curve_public(),
+        _coordinates_above_p_public(),
+        f"04{p:064x}{gy}",  # x = p
+    ):
+        with pytest.raises(ValueError, match="SM2 public key"):
+            _sm2_openssl.public_key(public)
+        assert sm2.verify(public, b"message digest", STD_SIGNATURE) is False
+        assert ref.verify(public, b"message digest", STD_SIGNATURE) is False
 
 
 def test_our_signature_verifies_in_gmssl(keypair: tuple[str, str]) -> None:
@@ -597,7 +711,8 @@ def test_key_objects_are_made_by_the_parsers_only() -> None:
 
 
 def test_threads_share_keys_safely(keypair: tuple[str, str]) -> None:
-    # The GIL is released around the EC math: many threads on the same cached EVP_PKEYs.
+    # The GIL is released around the EC math: many threads on the same cached keys (EVP_PKEYs,
+    # EC_POINTs) and the one precomputed EC_GROUP.
     private, public = keypair
     failures: list[str] = []
 
@@ -632,9 +747,12 @@ def test_no_openssl_object_leaks() -> None:
         assert sm2.decrypt(private, sm2.encrypt(public, b"k" * 32)) == b"k" * 32
         assert not sm2.verify(STD_PUBLIC, b"x", good_signature)
         assert not sm2.verify(_off_curve_public(), b"m", good_signature)
+        assert not sm2.verify(public, b"m", bytes(64))
         for ciphertext in (bad_c3, bytes(97)):
             with pytest.raises(ValueError):
                 sm2.decrypt(STD_D, ciphertext)
+        with pytest.raises(ValueError, match="all-zero key stream"):
+            _ossl_encrypt_k(STD_PUBLIC, b"\x5a", K_ZERO_KEY_STREAM)
 
     rounds = 2000
     for i in range(rounds):  # warm-up: fill the key caches and the allocator's pools
