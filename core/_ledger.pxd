@@ -158,7 +158,7 @@ cdef class Ledger:
     cdef void _release(self, int64_t hold_id, HoldC* hold, uint8_t state, uint8_t kind,
                        int64_t value) noexcept nogil
     cdef uint8_t _void(self, int64_t hold_id) noexcept nogil
-    cdef int64_t _expire(self, int64_t now) noexcept nogil
+    cdef int64_t _expire(self, int64_t now, int64_t limit) noexcept nogil
     cdef uint8_t _move(self, MoveReq* r) noexcept nogil
     cdef list _move_batch(self, items, uint8_t kind, bint forced)
     cdef void _check_locked_accounts(self, const uint32_t* idx, int nidx) noexcept nogil

@@ -562,32 +562,41 @@ cdef class Ledger:
         self._unlock(idx, nidx)
         return status
 
-    def expire(self, now):
-        """Release every pending hold whose deadline is at or before `now`; returns how many."""
+    def expire(self, now, limit=0):
+        """Release pending holds whose deadline is at or before `now`, earliest first, at most `limit`
+        of them (0: all); returns how many. A bounded call keeps one sweep step short."""
         cdef int64_t t = _i64(now, "now")
+        cdef int64_t most = _i64(limit, "limit")
         cdef int64_t released
+        if most < 0:
+            raise ValueError("limit must be >= 0")
         with nogil:
-            released = self._expire(t)
+            released = self._expire(t, most)
         return released
 
-    cdef int64_t _expire(self, int64_t now) noexcept nogil:
-        cdef vector[int64_t] due
+    cdef int64_t _expire(self, int64_t now, int64_t limit) noexcept nogil:
         cdef uint32_t idx[LOCKS_PER_OP_MAX]
         cdef int nidx = 0
         cdef int64_t released = 0
+        cdef int64_t hold_id = 0
+        cdef bint due
         cdef HoldC* hold
-        pthread_mutex_lock(&self._expiry_mu)
-        while not self._expiry_heap.empty() and ~self._expiry_heap.front().first <= now:
-            due.push_back(~self._expiry_heap.front().second)
-            pop_heap(self._expiry_heap.begin(), self._expiry_heap.end())
-            self._expiry_heap.pop_back()
-        pthread_mutex_unlock(&self._expiry_mu)
-        for i in range(due.size()):
-            hold = self._lock_hold(due[i], idx, &nidx)
+        while limit == 0 or released < limit:
+            # One heap entry at a time: the expiry lock is never held together with a shard lock.
+            pthread_mutex_lock(&self._expiry_mu)
+            due = not self._expiry_heap.empty() and ~self._expiry_heap.front().first <= now
+            if due:
+                hold_id = ~self._expiry_heap.front().second
+                pop_heap(self._expiry_heap.begin(), self._expiry_heap.end())
+                self._expiry_heap.pop_back()
+            pthread_mutex_unlock(&self._expiry_mu)
+            if not due:
+                break
+            hold = self._lock_hold(hold_id, idx, &nidx)
             if hold == NULL:
                 _die(b"expiry index names an unknown hold")
             if hold.state == HS_PENDING:
-                self._release(due[i], hold, HS_EXPIRED, K_EXPIRE, now)
+                self._release(hold_id, hold, HS_EXPIRED, K_EXPIRE, now)
                 released += 1
             self._unlock(idx, nidx)
         return released

@@ -260,12 +260,15 @@ class Ledger:
         hold.state = state
         self._log(kind, hold_id, hold.legs, value, Status.OK)
 
-    def expire(self, now: int) -> int:
-        """Release every pending hold whose deadline is at or before `now`."""
+    def expire(self, now: int, limit: int = 0) -> int:
+        """Release pending holds whose deadline is at or before `now`, earliest first, at most `limit` (0: all)."""
         now = _int64(now, "now")
+        limit = _int64(limit, "limit")
+        if limit < 0:
+            raise ValueError("limit must be >= 0")
         released = 0
         with self._lock:
-            while self._expiry and self._expiry[0][0] <= now:
+            while self._expiry and self._expiry[0][0] <= now and (limit == 0 or released < limit):
                 _, hold_id = heapq.heappop(self._expiry)
                 hold = self._holds[hold_id]
                 if hold.state is HoldState.PENDING:

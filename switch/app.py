@@ -23,6 +23,7 @@ from switch.state import SwitchState
 log = logging.getLogger("fuelswitch.app")
 
 RECOVERY_RETRY_S_MAX = 5.0  # back-off cap while the database is unreachable
+EXPIRY_BATCH = 2_000  # holds released per sweep step: a few ms of core time, then the loop's writer runs
 
 
 @dataclass(frozen=True)
@@ -155,8 +156,22 @@ class App:
         interval_s = self.config.expiry_sweep_interval_ms / 1000
         while True:
             await asyncio.sleep(interval_s)  # a periodic timer, not synchronisation
-            if self.available and self.state.ledger.expire(self.clock_ms()):
+            if self.available:
+                await self.sweep_expired()
+
+    async def sweep_expired(self) -> int:
+        """Release the holds due now, EXPIRY_BATCH at a time in a worker thread (the core's batch call
+        releases the GIL), each step's entries committed with the writer's next batch; returns how many."""
+        now = self.clock_ms()
+        ledger = self.state.ledger  # recovery may swap the state meanwhile: the next sweep sees the new one
+        released = 0
+        while True:
+            step = await asyncio.to_thread(ledger.expire, now, EXPIRY_BATCH)
+            if step:
                 self.writer.submit([]).add_done_callback(_ignore_result)
+            released += step
+            if step < EXPIRY_BATCH:
+                return released
 
 
 def _ignore_result(future: asyncio.Future[None]) -> None:

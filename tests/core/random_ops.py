@@ -92,7 +92,7 @@ class RandomOps:
         if kind < 0.70:
             return "void", (hold_id,), {}
         if kind < 0.75:
-            return "expire", (self.now,), {}
+            return "expire", (self.now, rng.choice([0, 0, 1, 3])), {}
         txn = rng.randint(1, self.holds)
         account = rng.randint(1, self.accounts + 1)
         if kind < 0.87:

@@ -275,3 +275,19 @@ def test_stats(ledger):
     stats = ledger.stats()
     assert stats["accounts"] == 1 and stats["holds"] == 2 and stats["holds_pending"] == 1
     assert stats["txns"] == 1 and stats["journal_pending"] == 5 and stats["next_seq"] == 6
+
+
+def test_a_bounded_expire_releases_at_most_limit_pending_holds_earliest_first(ledger):
+    funded(ledger, 1, 10_000)
+    for hold_id, deadline in [(5, 300), (3, 100), (4, 100), (1, 200), (2, 150)]:
+        ledger.hold(hold_id, [(1, 10)], deadline)
+    assert ledger.settle(3, 10, 50) is Status.OK  # settled: its heap entry is skipped, not counted
+    ledger.drain_journal()
+    assert ledger.expire(250, limit=2) == 2
+    assert [e.ref for e in ledger.drain_journal()] == [4, 2]
+    assert ledger.expire(250, limit=2) == 1
+    assert ledger.expire(250, limit=2) == 0
+    assert [e.ref for e in ledger.drain_journal()] == [1]
+    assert ledger.balance(1) == (9_990, 10)  # hold 5 is not due yet
+    with pytest.raises(ValueError):
+        ledger.expire(250, limit=-1)

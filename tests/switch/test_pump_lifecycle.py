@@ -11,6 +11,7 @@ from fuelswitch.v1 import admin_pb2
 
 from loadtest.provision import Operator, provision
 from loadtest.terminal import Terminal
+from switch import app as app_module
 from switch.app import wall_clock_ms
 from switch.server import start_switch
 from tests.switch.conftest import OPERATOR_TOKEN, assert_memory_equals_database
@@ -49,10 +50,20 @@ async def test_a_hold_expires_at_its_deadline_not_before(lifecycle):
     running, clock, channel, card, terminal = lifecycle
     hold = (await terminal.authorize(card.pan, card.pin, 20_000, "92")).response
     clock.offset_ms = hold.expires_at_ms - wall_clock_ms() - 50  # just before the deadline
-    assert running.app.state.ledger.expire(clock()) == 0
+    assert await running.app.sweep_expired() == 0
     assert (await _account(channel, card)).held == 20_000
-    clock.offset_ms += 50  # at the deadline
-    assert running.app.state.ledger.expire(hold.expires_at_ms) == 1
+    clock.offset_ms = hold.expires_at_ms - wall_clock_ms()  # at the deadline
+    assert await running.app.sweep_expired() == 1
+    await running.app.writer.submit([])
+    assert (await _account(channel, card)).held == 0
+
+
+async def test_the_sweep_releases_many_due_holds_in_bounded_steps(lifecycle, monkeypatch):
+    running, clock, channel, card, terminal = lifecycle
+    monkeypatch.setattr(app_module, "EXPIRY_BATCH", 3)  # one step releases at most 3
+    holds = [(await terminal.authorize(card.pan, card.pin, 1_000, "92")).response for _ in range(7)]
+    clock.offset_ms = max(h.expires_at_ms for h in holds) - wall_clock_ms()
+    assert await running.app.sweep_expired() == 7  # 3 + 3 + 1: the short step ends the sweep
     await running.app.writer.submit([])
     assert (await _account(channel, card)).held == 0
 
@@ -61,7 +72,7 @@ async def test_a_completion_after_expiry_is_posted_as_an_advice_and_flagged(life
     running, clock, channel, card, terminal = lifecycle
     hold = (await terminal.authorize(card.pan, card.pin, 20_000, "92")).response
     clock.offset_ms = HOLD_TTL_MS + 1_000
-    running.app.state.ledger.expire(clock())  # what the sweep does
+    await running.app.sweep_expired()
     too_much = (await terminal.complete(hold.hold_id, 20_001, 0, "92", 0)).response
     assert too_much.response_code == "13"  # never more than the hold reserved
     late = await terminal.complete(hold.hold_id, 18_500, 0, "92", 0)
