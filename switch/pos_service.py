@@ -62,6 +62,8 @@ class PosGateway:
         except DecodeError as exc:
             raise RequestInvalid("SignOnRequest does not parse") from exc
         app = self.app
+        if app.config.terminal_certificates:  # before any SM2 work: a certificate speaks for one terminal
+            check_certificate(context, req.terminal_id)
         now = app.clock_ms()
         terminal = app.state.terminals.get(req.terminal_id)
         public_key = terminal.public_key if terminal and terminal.state == "active" else None

@@ -97,11 +97,11 @@ async def test_client_certificates_bind_a_terminal_to_its_id(switch_config, pki)
             terminal = Terminal(channel, mine.terminal_id, mine.private_key_hex, mine.public_key_hex)
             await terminal.sign_on()
             assert (await terminal.balance_inquiry(card.pan, card.pin)).response.response_code == "00"
-            # The same certificate cannot speak for another terminal, even with that terminal's keys.
+            # The same certificate cannot speak for another terminal, even with that terminal's keys:
+            # not even sign on as it.
             impostor = Terminal(channel, other.terminal_id, other.private_key_hex, other.public_key_hex)
-            await impostor.sign_on()
             with pytest.raises(grpc.aio.AioRpcError) as mismatch:
-                await impostor.balance_inquiry(card.pan, card.pin)
+                await impostor.sign_on()
             assert mismatch.value.code() == grpc.StatusCode.UNAUTHENTICATED
             assert "certificate-mismatch" in (mismatch.value.details() or "")
         async with _secure(running.port, ca) as anonymous:  # no client certificate: no connection
