@@ -17,7 +17,6 @@ refund: `refund_fee` there is the trade's cumulative refund, so this refund's am
 from __future__ import annotations
 
 import base64
-import binascii
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
@@ -102,7 +101,7 @@ class AlipayAdapter:
             self._key.verify(
                 signature, content.encode(charset), padding.PKCS1v15(), hashes.SHA256()
             )
-        except (binascii.Error, InvalidSignature, NotificationInvalid, UnicodeEncodeError) as exc:
+        except (ValueError, InvalidSignature, NotificationInvalid, UnicodeEncodeError) as exc:  # binascii.Error, or text not ASCII
             raise SignatureInvalid("RSA2 signature does not verify") from exc
 
 

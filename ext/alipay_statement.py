@@ -11,13 +11,13 @@ write ``商家实收：X元``). Both totals are checked against the lines (count
 
 from __future__ import annotations
 
-import csv
 import io
 import re
 from collections.abc import Callable, Iterator
 
 from ext.beijing import TimeInvalid, dashed_ms
 from ext.beijing import business_date as check_date
+from ext.csv_rows import CsvRows
 from ext.errors import AmountInvalid, StatementInvalid, SummaryMismatch
 from ext.money import yuan_to_fen
 from ext.records import Kind, StatementLine
@@ -58,7 +58,7 @@ def parse_business_statement(
     fens: dict[str, int] = {}
     fees: dict[str, int] = {}
     times: dict[str, int] = {}
-    for cells in csv.reader(body):
+    for cells in CsvRows(body, lambda: body.line_no):
         try:
             if len(cells) != width:
                 raise ValueError(f"{len(cells)} fields, the header has {width}")
@@ -145,7 +145,7 @@ def _preamble(lines: Iterator[tuple[int, str]], wanted: str | None) -> tuple[str
             continue
         if not line.strip():
             continue
-        names = [name.strip() for name in next(csv.reader((line.lstrip("\ufeff"),)))]
+        names = [name.strip() for name in _header_cells(line, line_no)]
         columns = {name: index for index, name in enumerate(names)}
         missing = [name for name in REQUIRED if name not in columns]
         if missing or len(columns) != len(names):
@@ -154,6 +154,10 @@ def _preamble(lines: Iterator[tuple[int, str]], wanted: str | None) -> tuple[str
             )
         return _business_date(date, wanted, line_no), columns
     raise StatementInvalid("no header line")
+
+
+def _header_cells(line: str, line_no: int) -> list[str]:
+    return next(CsvRows((line.lstrip("\ufeff"),), lambda: line_no))
 
 
 def _business_date(found: str, wanted: str | None, line_no: int) -> str:

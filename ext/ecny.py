@@ -20,7 +20,6 @@ The statement format is in ext.ecny_statement.
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -122,7 +121,7 @@ class EcnyAdapter:
             raise SignatureInvalid("Ecny-Timestamp outside the accepted clock skew")
         try:
             signature = base64.b64decode(header(headers, "Ecny-Signature"), validate=True)
-        except binascii.Error as exc:
+        except ValueError as exc:  # binascii.Error, or text not ASCII
             raise SignatureInvalid("Ecny-Signature is not base64") from exc
         if not sm2.verify(key, canonical_message(timestamp, nonce, body), signature):
             raise SignatureInvalid("SM2 signature does not verify")

@@ -14,12 +14,12 @@ CLOSED are "failed". The totals cover every line whatever its status and are che
 
 from __future__ import annotations
 
-import csv
 import io
 from collections.abc import Iterator
 
 from ext.beijing import TimeInvalid, dashed_ms
 from ext.beijing import business_date as check_date
+from ext.csv_rows import CsvRows
 from ext.errors import AmountInvalid, StatementInvalid, SummaryMismatch
 from ext.money import parse_fen
 from ext.records import Kind, StatementLine, Status
@@ -43,7 +43,7 @@ STATEMENT_LINES_MAX = 50_000_000
 def parse_ecny_statement(
     data: bytes, *, merchant_no: str, business_date: str | None
 ) -> Iterator[StatementLine]:
-    rows = csv.reader(_utf8_lines(data))
+    rows = CsvRows(_utf8_lines(data))
     date = _preamble(rows, merchant_no, business_date)
     sums = dict.fromkeys(TOTAL_KEYS, 0)
     for cells in rows:

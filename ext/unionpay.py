@@ -14,7 +14,6 @@ of origQryId. txnAmt is fen. UnionPay counts a notification as delivered on HTTP
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -115,7 +114,7 @@ class UnionpayAdapter:
             digest_hex = hashlib.sha256(content.encode(encoding)).hexdigest()
             signature = base64.b64decode(form.get("signature", ""), validate=True)
             key.verify(signature, digest_hex.encode("ascii"), padding.PKCS1v15(), hashes.SHA256())
-        except (binascii.Error, InvalidSignature, UnicodeEncodeError) as exc:
+        except (ValueError, InvalidSignature, UnicodeEncodeError) as exc:  # binascii.Error, or text not ASCII
             raise SignatureInvalid("UnionPay signature does not verify") from exc
 
 

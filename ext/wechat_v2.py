@@ -12,7 +12,6 @@ proof of origin, so any failure there is a SignatureInvalid.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 from collections.abc import Mapping
@@ -56,7 +55,7 @@ def decrypt_req_info(req_info: str, api_key: str) -> dict[str, str]:
     """The refund result inside `req_info`, or SignatureInvalid."""
     try:
         ciphertext = base64.b64decode(req_info, validate=True)
-    except binascii.Error as exc:
+    except ValueError as exc:  # binascii.Error, or text not ASCII
         raise SignatureInvalid("req_info is not base64") from exc
     if not ciphertext or len(ciphertext) % AES_BLOCK_BYTES:
         raise SignatureInvalid("req_info is not whole AES blocks")

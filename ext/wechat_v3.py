@@ -10,7 +10,6 @@ with AEAD_AES_256_GCM under the API v3 key (nonce and associated_data from the r
 from __future__ import annotations
 
 import base64
-import binascii
 from collections.abc import Mapping
 from typing import Any
 
@@ -71,7 +70,7 @@ def verify(
         raw = base64.b64decode(signature, validate=True)
         message = f"{timestamp}\n{nonce}\n".encode() + bytes(body) + b"\n"
         key.verify(raw, message, padding.PKCS1v15(), hashes.SHA256())
-    except (binascii.Error, InvalidSignature) as exc:
+    except (ValueError, InvalidSignature) as exc:  # binascii.Error, or text not ASCII
         raise SignatureInvalid("v3 signature does not verify") from exc
 
 
@@ -86,7 +85,7 @@ def decrypt_resource(envelope: Mapping[str, Any], api_v3_key: bytes) -> tuple[st
             base64.b64decode(require(resource, "ciphertext"), validate=True),
             str(resource.get("associated_data", "")).encode(),
         )
-    except (binascii.Error, InvalidTag) as exc:
+    except (ValueError, InvalidTag) as exc:  # binascii.Error, or text not ASCII
         raise SignatureInvalid("resource does not decrypt under the API v3 key") from exc
     return str(resource.get("original_type", "")), parse_json_object(plain, "resource")
 

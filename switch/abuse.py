@@ -16,8 +16,6 @@ class AbuseConfig:
     # terminal id needs more. The default lets no single terminal take more than a fraction of the host.
     requests_per_s: float = 500.0
     burst: int = 1_000  # requests a terminal may send at once after being idle
-    signons_per_minute: float = 6.0  # SM2 is the costliest call; a terminal needs one a day
-    signon_burst: int = 3
     mac_failures_max: int = 5  # this many failed MACs within the window suspend the terminal
     mac_failure_window_ms: int = 10 * 60 * 1000
 

@@ -52,6 +52,7 @@ DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_TIMEOUT_S = 10.0
 
 INT64_MAX = 2**63 - 1
+OFFLINE_COUNT_MAX = 1_000_000  # max_count and max_per_card_per_day (admin.proto OfflineLimitSettings)
 FEN_PER_YUAN = 100
 ML_PER_LITRE = 1000
 MAX_PAGE_SIZE = 500
@@ -81,6 +82,7 @@ _YUAN_RE = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 _PIN_RE = re.compile(r"[0-9]{4,6}")
 _MONTH_RE = re.compile(r"[0-9]{4}-(?:0[1-9]|1[0-2])")
 _PUBLIC_KEY_RE = re.compile(r"04[0-9a-fA-F]{128}")
+_STATION_CLASS_RE = re.compile(r"[a-z0-9_-]{1,32}")
 # Printable ASCII without spaces: what a gRPC metadata value and a bearer token may hold.
 _TOKEN_RE = re.compile(r"[\x21-\x7e]+")
 # Spreadsheet programs run a cell starting with these as a formula (CSV injection).
@@ -230,6 +232,20 @@ def _public_key(value: str) -> str:
             f"an SM2 public key is 130 hex characters starting with 04 (04||x||y); got {len(value)} characters"
         )
     return value.lower()
+
+
+def _station_class(value: str) -> str:
+    if not _STATION_CLASS_RE.fullmatch(value):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a station class: 1-32 characters a-z, 0-9, '_' or '-' (e.g. highway)"
+        )
+    return value
+
+
+def _count(value: str) -> int:
+    if not _FEN_RE.fullmatch(value) or int(value) > OFFLINE_COUNT_MAX:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a count 0..{OFFLINE_COUNT_MAX}")
+    return int(value)
 
 
 def _degrees(limit: float) -> Callable[[str], float]:
@@ -502,7 +518,62 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--lon", type=_degrees(180.0), metavar="Y", help="WGS-84 longitude, degrees (with --lat)"
     )
+    p.add_argument(
+        "--class",
+        dest="station_class",
+        type=_station_class,
+        metavar="CLASS",
+        help="station class, e.g. standard, highway, truck: chooses how long pre-authorizations "
+        "last there (the switch's --hold-ttl-by-class; classes it does not list use --hold-ttl-s). "
+        "Default: keep the current class (standard for a new station)",
+    )
     p.set_defaults(handler=_register_station)
+
+    p = command(
+        "list-stations",
+        "List stations with their class, pre-authorization lifetime and offline limits.",
+    )
+    p.add_argument(
+        "--class", dest="station_class", type=_station_class, metavar="CLASS", help="only this class"
+    )
+    p.set_defaults(handler=_list_stations)
+
+    p = command(
+        "set-offline-limits",
+        "Set the offline risk limits of a station (replacing all of its own limits: a limit not "
+        "given falls back to the network default) or a card's own offline floor limit (without "
+        "--floor-limit the card's own limit is cleared and its station's applies). Terminals pick "
+        "them up at their next SyncHotlist; uploads of offline sales are checked against them.",
+    )
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--station", type=_text, metavar="ID", help="a station's limits")
+    target.add_argument("--card", type=_text, metavar="ID", help="a card's own floor limit")
+    p.add_argument(
+        "--floor-limit",
+        type=_limit_fen,
+        metavar="FEN",
+        help="largest single offline sale in fen; 0 = no offline sales at the station / never "
+        "approve this card offline. A card's own limit replaces its station's, higher or lower",
+    )
+    p.add_argument(
+        "--max-count",
+        type=_count,
+        metavar="N",
+        help="station only: most offline sales a terminal may hold un-uploaded (and one upload may apply)",
+    )
+    p.add_argument(
+        "--max-total",
+        type=_limit_fen,
+        metavar="FEN",
+        help="station only: largest total of un-uploaded offline sales, fen (and of one upload)",
+    )
+    p.add_argument(
+        "--max-per-card-per-day",
+        type=_count,
+        metavar="N",
+        help="station only: most offline sales of one card on one terminal per day (UTC+8)",
+    )
+    p.set_defaults(handler=_set_offline_limits)
 
     p = command("register-terminal", "Create or update a terminal and its SM2 public key.")
     p.add_argument(
@@ -665,6 +736,11 @@ def _card_table(card: Any, *, show_pan: bool, title: str = "Card") -> Table:
     if card.replaced_by_card_id:
         rows.append(("replaced by", card.replaced_by_card_id))
     rows += _controls_summary(card.controls)
+    if card.HasField("offline_floor_limit"):
+        limit = card.offline_floor_limit
+        rows.append(("offline floor limit", format_money(limit) if limit else "never offline"))
+    else:
+        rows.append(("offline floor limit", "the station's"))
     return _kv_table(title, rows)
 
 
@@ -779,8 +855,30 @@ def _register_station(session: _Session, args: argparse.Namespace) -> None:
         region=args.region,
         latitude=args.lat or 0.0,
         longitude=args.lon or 0.0,
+        station_class=args.station_class or "",
     )
-    station = session.call("RegisterStation", request)
+    _show_station(session, session.call("RegisterStation", request))
+
+
+def _offline_limit_rows(station: Any) -> list[tuple[str, object]]:
+    """Each effective limit, marked "(network default)" where the station has none of its own."""
+    own, effective = station.offline_limits, station.effective_offline_limits
+    rows: list[tuple[str, object]] = []
+    for name, label, money in (
+        ("floor_limit", "offline floor limit", True),
+        ("max_count", "offline max count", False),
+        ("max_total", "offline max total", True),
+        ("max_per_card_per_day", "offline per card per day", False),
+    ):
+        if not effective.HasField(name):
+            continue  # an older switch that does not report limits
+        value = getattr(effective, name)
+        text = format_money(value) if money else str(value)
+        rows.append((label, text if own.HasField(name) else f"{text} (network default)"))
+    return rows
+
+
+def _show_station(session: _Session, station: Any) -> None:
     if session.as_json:
         session.emit_json(_to_dict(station))
         return
@@ -790,10 +888,84 @@ def _register_station(session: _Session, args: argparse.Namespace) -> None:
         ("region", station.region or "-"),
         ("latitude", station.latitude),
         ("longitude", station.longitude),
+        ("class", station.station_class or "standard"),
     ]
+    if station.hold_ttl_s:
+        rows.append(("pre-auth lifetime", f"{station.hold_ttl_s} s"))
+    rows += _offline_limit_rows(station)
     for price in station.prices:
         rows.append((f"price {price.product_code}", f"{format_money(price.unit_price)} per litre"))
     session.console.print(_kv_table("Station", rows))
+
+
+def _limit_text(station: Any, name: str) -> str:
+    """One effective offline limit; "*" marks the network default (the station has none of its own)."""
+    value = str(getattr(station.effective_offline_limits, name))
+    return value if station.offline_limits.HasField(name) else value + "*"
+
+
+def _list_stations(session: _Session, args: argparse.Namespace) -> None:
+    request = admin_pb2.ListStationsRequest(station_class=args.station_class or "")
+    response = session.call("ListStations", request)
+    if session.as_json:
+        session.emit_json(_to_dict(response))
+        return
+    table = Table(title="Stations", title_justify="left", box=box.SIMPLE_HEAD)
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("station", "left"),
+        ("name", "left"),
+        ("region", "left"),
+        ("class", "left"),
+        ("pre-auth s", "right"),
+        ("floor fen", "right"),
+        ("max count", "right"),
+        ("max total fen", "right"),
+        ("per card/day", "right"),
+    )
+    for name, justify in columns:
+        table.add_column(name, justify=justify, overflow="fold")
+    for station in response.stations:
+        table.add_row(
+            _cell(station.station_id),
+            _cell(station.name),
+            _cell(station.region or "-"),
+            _cell(station.station_class or "standard"),
+            _cell(station.hold_ttl_s or "-"),
+            *(
+                _cell(_limit_text(station, f))
+                for f in ("floor_limit", "max_count", "max_total", "max_per_card_per_day")
+            ),
+        )
+    count = len(response.stations)
+    table.caption = f"{count} station{'s' if count != 1 else ''}; * = network default"
+    table.caption_justify = "left"
+    session.console.print(table)
+
+
+def _set_offline_limits(session: _Session, args: argparse.Namespace) -> None:
+    if args.card is not None:
+        station_only = [
+            flag
+            for flag, value in (
+                ("--max-count", args.max_count),
+                ("--max-total", args.max_total),
+                ("--max-per-card-per-day", args.max_per_card_per_day),
+            )
+            if value is not None
+        ]
+        if station_only:
+            raise UsageError(f"{', '.join(station_only)} apply to a station, not a card")
+        request = admin_pb2.SetCardOfflineLimitRequest(card_id=args.card, floor_limit=args.floor_limit)
+        _show_card(session, session.call("SetCardOfflineLimit", request), show_pan=False)
+        return
+    limits = admin_pb2.OfflineLimitSettings(
+        floor_limit=args.floor_limit,
+        max_count=args.max_count,
+        max_total=args.max_total,
+        max_per_card_per_day=args.max_per_card_per_day,
+    )
+    request = admin_pb2.SetStationOfflineLimitsRequest(station_id=args.station, limits=limits)
+    _show_station(session, session.call("SetStationOfflineLimits", request))
 
 
 def _register_terminal(session: _Session, args: argparse.Namespace) -> None:

@@ -6,6 +6,7 @@ an `await` in between, and answers only after the commit.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import re
 from collections.abc import Callable, Iterable
@@ -17,16 +18,23 @@ from fuelswitch.v1 import admin_pb2
 from fuelswitch.v1.common_pb2 import ProductPrice
 
 from core import Status
-from switch import cardnumbers, hotlist, pinblock
+from switch import cardnumbers, pinblock
 from switch.app import App
-from switch.errors import OperatorError, RequestInvalid
-from switch.hotlist import Entry
+from switch.config import STATION_CLASS_RE
+from switch.errors import OperatorError, RequestInvalid, parsing
 from switch.journal import Record
-from switch.offline import list_account
+from switch.offline import OfflineConfig, list_account, relist
 from switch.operator_auth import require_operator
 from switch.policy import AMOUNT_MAX_FEN, CST
 from switch.products import PRODUCTS
-from switch.state import ACCOUNT_KINDS, TERMINAL_STATES, AccountMeta, Card, Station, Terminal
+from switch.state import (
+    ACCOUNT_KINDS,
+    TERMINAL_STATES,
+    AccountMeta,
+    Card,
+    Station,
+    Terminal,
+)
 
 SERVICE = "fuelswitch.v1.CardAdmin"
 PAN_PREFIX = "900001"  # this network's issuer identification number (19-digit PANs)
@@ -38,6 +46,9 @@ LIST_LIMIT_DEFAULT = 50
 LIST_LIMIT_MAX = 500
 TOPUP_MAX_FEN = AMOUNT_MAX_FEN * 10  # ¥1,000,000 in one top-up
 UNIT_PRICE_MAX_FEN = 100_000  # ¥1,000 per litre: anything above is a typo
+# Bounds of the offline limits an operator may set (admin.proto OfflineLimitSettings).
+OFFLINE_COUNT_MAX = 1_000_000  # max_count, max_per_card_per_day
+OFFLINE_TOTAL_MAX_FEN = 10**13  # max_total
 # ListTransactions' balance_change: the sign each kind moves the account's balance by. A POS
 # reversal's sign depends on what it undid (a hold moves nothing), so it is left at 0.
 _BALANCE_SIGNS = {"complete": -1, "purchase": -1, "offline_sale": -1, "refund": 1, "topup": 1,
@@ -198,11 +209,20 @@ class CardAdmin:
             raise OperatorError(grpc.StatusCode.FAILED_PRECONDITION, f"a {card.state} card cannot become {req.state}")
         self._writable()
         card.state = req.state
-        records: list[Record] = [("card", card.row())]
-        entry = _relist(self.app, card)
-        if entry is not None:
-            records.append(("hotlist", entry.row(self.app.clock_ms())))
-        await self.app.commit(records)
+        await self.app.commit([("card", card.row()),
+                               *relist(self.app.state, self.app.keyring, card, self.app.clock_ms())])
+        return _card_message(card)
+
+    async def set_card_offline_limit(self, req: admin_pb2.SetCardOfflineLimitRequest, _: Any) -> admin_pb2.Card:
+        card = self._card(req.card_id)
+        limit = req.floor_limit if req.HasField("floor_limit") else None
+        if limit is not None and not 0 <= limit <= AMOUNT_MAX_FEN:
+            raise RequestInvalid(f"floor_limit must be 0..{AMOUNT_MAX_FEN} fen (0 = never offline)")
+        self._writable()
+        card.offline_floor_limit = limit
+        # Terminals learn it from SyncHotlist: an entry without a decline code carries the card's limit.
+        await self.app.commit([("card", card.row()),
+                               *relist(self.app.state, self.app.keyring, card, self.app.clock_ms())])
         return _card_message(card)
 
     async def reset_pin(self, req: admin_pb2.ResetPinRequest, _: Any) -> admin_pb2.Card:
@@ -268,19 +288,57 @@ class CardAdmin:
             raise RequestInvalid("station_id (at most 64 characters) and name are required")
         if not (-90 <= req.latitude <= 90 and -180 <= req.longitude <= 180):
             raise RequestInvalid("latitude/longitude out of range")
+        if req.station_class and not STATION_CLASS_RE.match(req.station_class):
+            raise RequestInvalid("station_class must be 1-32 characters a-z, 0-9, '_' or '-'")
         prices = _checked_prices(req.prices)
         self._writable()
+        previous = self.app.state.stations.get(req.station_id)
         station = Station(req.station_id, req.name, req.region, req.latitude, req.longitude)
+        if previous is not None:  # re-registering keeps the class (unless given) and the offline limits
+            station = dataclasses.replace(previous, name=req.name, region=req.region, latitude=req.latitude,
+                                          longitude=req.longitude)
+        station.station_class = req.station_class or station.station_class
         self.app.state.stations[station.station_id] = station
-        await self.app.commit([("station", (station.station_id, station.name, station.region,
-                                            station.latitude, station.longitude)),
-                               *self._set_prices(station.station_id, prices)])
+        await self.app.commit([("station", station.row()), *self._set_prices(station.station_id, prices)])
         return self._station_message(station)
 
-    async def set_station_prices(self, req: admin_pb2.SetStationPricesRequest, _: Any) -> admin_pb2.Station:
-        station = self.app.state.stations.get(req.station_id)
+    async def set_station_offline_limits(self, req: admin_pb2.SetStationOfflineLimitsRequest,
+                                         _: Any) -> admin_pb2.Station:
+        station = self._station(req.station_id)
+        limits = req.limits
+
+        def value(name: str, maximum: int) -> int | None:
+            if not limits.HasField(name):
+                return None  # the network default
+            number = int(getattr(limits, name))
+            if not 0 <= number <= maximum:
+                raise RequestInvalid(f"{name} must be 0..{maximum}")
+            return number
+
+        own = (value("floor_limit", AMOUNT_MAX_FEN), value("max_count", OFFLINE_COUNT_MAX),
+               value("max_total", OFFLINE_TOTAL_MAX_FEN), value("max_per_card_per_day", OFFLINE_COUNT_MAX))
+        self._writable()
+        updated = dataclasses.replace(station, offline_floor_limit=own[0], offline_max_count=own[1],
+                                      offline_max_total=own[2], offline_max_per_card_per_day=own[3])
+        self.app.state.stations[station.station_id] = updated  # terminals get it at their next SyncHotlist
+        await self.app.commit([("station", updated.row())])
+        return self._station_message(updated)
+
+    async def list_stations(self, req: admin_pb2.ListStationsRequest, _: Any) -> admin_pb2.ListStationsResponse:
+        stations = sorted(self.app.state.stations.values(), key=lambda st: st.station_id)
+        return admin_pb2.ListStationsResponse(stations=[
+            self._station_message(st) for st in stations
+            if not req.station_class or st.station_class == req.station_class
+        ])
+
+    def _station(self, station_id: str) -> Station:
+        station = self.app.state.stations.get(station_id)
         if station is None:
-            raise OperatorError(grpc.StatusCode.NOT_FOUND, f"station {req.station_id} is not registered")
+            raise OperatorError(grpc.StatusCode.NOT_FOUND, f"station {station_id} is not registered")
+        return station
+
+    async def set_station_prices(self, req: admin_pb2.SetStationPricesRequest, _: Any) -> admin_pb2.Station:
+        station = self._station(req.station_id)
         prices = _checked_prices(req.prices)
         if not prices:
             raise RequestInvalid("prices must name at least one product")
@@ -298,10 +356,20 @@ class CardAdmin:
         return rows
 
     def _station_message(self, station: Station) -> admin_pb2.Station:
+        config = self.app.config
         prices = self.app.state.prices.current(station.station_id, self.app.clock_ms())
-        return admin_pb2.Station(station_id=station.station_id, name=station.name, region=station.region,
-                                 latitude=station.latitude, longitude=station.longitude,
-                                 prices=[ProductPrice(product_code=p, unit_price=u) for p, u in prices])
+        effective = config.offline.for_station(station)
+        return admin_pb2.Station(
+            station_id=station.station_id, name=station.name, region=station.region,
+            latitude=station.latitude, longitude=station.longitude,
+            prices=[ProductPrice(product_code=p, unit_price=u) for p, u in prices],
+            station_class=station.station_class,
+            offline_limits=admin_pb2.OfflineLimitSettings(
+                floor_limit=station.offline_floor_limit, max_count=station.offline_max_count,
+                max_total=station.offline_max_total, max_per_card_per_day=station.offline_max_per_card_per_day),
+            effective_offline_limits=_limit_settings(effective),
+            hold_ttl_s=config.hold_ttl_ms_for(station.station_class) // 1000,
+        )
 
     async def register_terminal(self, req: admin_pb2.RegisterTerminalRequest, _: Any) -> admin_pb2.Terminal:
         if not req.terminal_id or len(req.terminal_id) > 64:
@@ -348,13 +416,10 @@ def _checked_prices(prices: Iterable[ProductPrice]) -> list[tuple[str, int, int]
     return checked
 
 
-def _relist(app: App, card: Card) -> Entry | None:
-    """The card's hotlist entry after a state change: its state's code, else a debt's, else off the list."""
-    code = hotlist.STATE_CODES.get(card.state)
-    if code is None and app.state.ledger.balance(card.account_id)[0] < 0:
-        code = hotlist.NEGATIVE_CODE
-    pan_hash = hotlist.pan_sm3(cardnumbers.decrypt(app.keyring, card.pan_enc))
-    return app.state.hotlist.change(card.card_id, pan_hash, card.masked_pan, code)
+def _limit_settings(limits: OfflineConfig) -> admin_pb2.OfflineLimitSettings:
+    return admin_pb2.OfflineLimitSettings(floor_limit=limits.floor_limit, max_count=limits.max_count,
+                                          max_total=limits.max_total,
+                                          max_per_card_per_day=limits.max_per_card_per_day)
 
 
 def _terminal_message(terminal: Terminal) -> admin_pb2.Terminal:
@@ -376,6 +441,7 @@ def _card_message(card: Card, full_pan: str = "") -> admin_pb2.Card:
         controls=admin_pb2.CardControls(per_transaction_limit=card.per_txn_limit,
                                         partial_allowed=card.partial_allowed),
         issued_at_ms=card.created_ms, pin_locked=card.pin_tries >= 3,
+        offline_floor_limit=card.offline_floor_limit,
     )
 
 
@@ -392,6 +458,9 @@ ROUTES: dict[str, tuple[str, Any]] = {
     "RegisterTerminal": ("register_terminal", admin_pb2.RegisterTerminalRequest),
     "SetTerminalState": ("set_terminal_state", admin_pb2.SetTerminalStateRequest),
     "SetStationPrices": ("set_station_prices", admin_pb2.SetStationPricesRequest),
+    "SetStationOfflineLimits": ("set_station_offline_limits", admin_pb2.SetStationOfflineLimitsRequest),
+    "SetCardOfflineLimit": ("set_card_offline_limit", admin_pb2.SetCardOfflineLimitRequest),
+    "ListStations": ("list_stations", admin_pb2.ListStationsRequest),
 }
 
 
@@ -400,8 +469,7 @@ def method_handlers(admin: CardAdmin, guard: Callable[..., Any]) -> grpc.Generic
     handlers = {}
     for method, (attr, request_type) in ROUTES.items():
         handlers[method] = grpc.unary_unary_rpc_method_handler(
-            guard(_with_token(admin, getattr(admin, attr))),
-            request_deserializer=request_type.FromString,
+            guard(_with_token(admin, parsing(request_type, getattr(admin, attr)))),  # raw bytes: parsed after the token
             response_serializer=lambda m: m.SerializeToString(),
         )
     return grpc.method_handlers_generic_handler(SERVICE, handlers)

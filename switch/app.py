@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 
 import asyncpg
 
@@ -23,6 +24,9 @@ from switch.state import SwitchState
 log = logging.getLogger("fuelswitch.app")
 
 RECOVERY_RETRY_S_MAX = 5.0  # back-off cap while the database is unreachable
+RECOVERY_CONNECT_S = 5.0  # a fresh connection for the rebuild, or the attempt fails and is retried
+RECOVERY_LOAD_S_MAX = 300.0  # the rebuild's queries; past it the connection is cut and the rebuild retried
+KEY_REFRESH_S_MAX = 10.0  # the periodic key-version check must not hang on a dead connection
 EXPIRY_BATCH = 2_000  # holds released per sweep step: a few ms of core time, then the loop's writer runs
 
 
@@ -39,6 +43,36 @@ class AppConfig:
     settlement_cutoff_hour: int = 0  # a business day ends at this hour, UTC+8 (docs/clearing.md)
     settlement_fee_bps: int = 0  # network fee charged to stations, basis points of sales
     reconcile_fee_tolerance_fen: int = 0  # fee differences up to this are not reported
+    channel_fee_bps: dict[str, int] = field(default_factory=dict)  # contracted channel fee rates
+    # Hold lifetime by station class (Station.station_class); other classes get hold_ttl_ms.
+    hold_ttl_ms_by_class: dict[str, int] = field(default_factory=dict)
+
+    def hold_ttl_ms_for(self, station_class: str) -> int:
+        """How long a pre-authorization at a station of this class lasts."""
+        return self.hold_ttl_ms_by_class.get(station_class, self.hold_ttl_ms)
+
+
+@contextlib.asynccontextmanager
+async def bounded_connection(pool: asyncpg.Pool, connect_s: float, use_s: float) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection that is terminated if the block takes longer than `use_s`.
+
+    A peer lost in a network partition answers nothing and sends no reset: neither cancelling the
+    task nor a query timeout ends asyncpg's wait for it (both wait for the server's acknowledgement).
+    Terminating the connection does: the pending query fails at once and the pool drops it.
+    """
+    conn = await pool.acquire(timeout=connect_s)
+    watchdog = asyncio.get_running_loop().call_later(use_s, _terminate, conn)
+    try:
+        yield conn
+    finally:
+        watchdog.cancel()
+        await pool.release(conn, timeout=connect_s)
+
+
+def _terminate(conn: asyncpg.Connection) -> None:
+    log.warning("a database connection did not answer in time; closing it")
+    with contextlib.suppress(asyncpg.InterfaceError):  # already closed and taken back by the pool
+        conn.terminate()
 
 
 def wall_clock_ms() -> int:
@@ -62,7 +96,6 @@ class App:
         self._tasks: list[asyncio.Task[None]] = []
         abuse = config.abuse
         self.request_rate = TokenBuckets(abuse.requests_per_s, abuse.burst)
-        self.signon_rate = TokenBuckets(abuse.signons_per_minute / 60, abuse.signon_burst)
         self.mac_failures = FailureCounter(abuse.mac_failures_max, abuse.mac_failure_window_ms)
 
     @staticmethod
@@ -99,7 +132,7 @@ class App:
 
     async def refresh_keyring(self) -> bool:
         """Pick up data-key versions added by `fuelswitch keys rotate`; True if anything changed."""
-        async with self.pool.acquire() as conn:
+        async with bounded_connection(self.pool, KEY_REFRESH_S_MAX, KEY_REFRESH_S_MAX) as conn:
             if await K.key_versions(conn) == self.keyring.versions():
                 return False
             self.keyring = await K.read_keyring(conn, self._master_key)
@@ -133,7 +166,10 @@ class App:
         delay = 0.05
         while True:
             try:
-                async with self.pool.acquire() as conn:
+                # Connections opened before the failure may be dead without knowing it (a partition
+                # shows no error): rebuild on a new one, cut if it hangs.
+                await self.pool.expire_connections()
+                async with bounded_connection(self.pool, RECOVERY_CONNECT_S, RECOVERY_LOAD_S_MAX) as conn:
                     self.state = await load_state(conn, self.clock_ms())
                 break
             except Exception as err:  # the database may still be down: keep trying, bounded back-off

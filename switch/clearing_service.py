@@ -25,7 +25,7 @@ from switch import reconcile as R
 from switch import settlement as S
 from switch.admin_service import TOPUP_MAX_FEN
 from switch.app import App
-from switch.errors import OperatorError, Overloaded, RequestInvalid
+from switch.errors import OperatorError, Overloaded, RequestInvalid, parsing, parsing_stream
 from switch.journal import Record
 from switch.operator_auth import require_operator
 from switch.state import ChannelTxn
@@ -428,7 +428,8 @@ class Clearing:
         # The matching is pure Python over up to millions of lines: off the event loop.
         journal, journal_net = await asyncio.to_thread(R.journal_side, rows)
         del rows
-        result = await asyncio.to_thread(R.match, statement, channel, date, journal, journal_net, tolerance)
+        result = await asyncio.to_thread(R.match, statement, channel, date, journal, journal_net, tolerance,
+                                         self.app.config.channel_fee_bps.get(channel))
         async with self.app.pool.acquire() as conn:
             await R.other_dates(conn, result)
             run_id = await R.store_run(conn, result, tolerance, self.app.clock_ms())
@@ -612,14 +613,14 @@ def method_handlers(clearing: Clearing, guard: Callable[..., Any]) -> grpc.Gener
     """Every route checks the operator token first, inside the error map."""
     handlers: dict[str, grpc.RpcMethodHandler] = {}
     for method, (attr, request_type) in UNARY.items():
-        handlers[method] = grpc.unary_unary_rpc_method_handler(
-            guard(_with_token(clearing, getattr(clearing, attr))),
-            request_deserializer=request_type.FromString, response_serializer=lambda m: m.SerializeToString(),
+        handlers[method] = grpc.unary_unary_rpc_method_handler(  # raw bytes: parsed after the token check
+            guard(_with_token(clearing, parsing(request_type, getattr(clearing, attr)))),
+            response_serializer=lambda m: m.SerializeToString(),
         )
     for method, line_type in STREAMS.items():
         handlers[method] = grpc.stream_unary_rpc_method_handler(
-            guard(_with_token(clearing, clearing.reconcile)),
-            request_deserializer=line_type.FromString, response_serializer=lambda m: m.SerializeToString(),
+            guard(_with_token(clearing, parsing_stream(line_type, clearing.reconcile))),
+            response_serializer=lambda m: m.SerializeToString(),
         )
     return grpc.method_handlers_generic_handler(SERVICE, handlers)
 

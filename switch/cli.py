@@ -1,10 +1,9 @@
-"""The `fuelswitch` command: serve, db migrate, verify, keys, admin, channels, reconcile, settlement, demo."""
+"""The `fuelswitch` command: serve, status, db migrate, verify, keys, admin, channels, reconcile, settlement, demo."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from pathlib import Path
 
@@ -18,7 +17,12 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--master-key-file", dest="master_key_file", type=Path,
                         help="file with the 64-hex-character master key (else FUELSWITCH_MASTER_KEY, "
                              "else <data dir>/keys/master.key)")
-    parser.add_argument("--hold-ttl-s", dest="hold_ttl_s", type=int, help="pre-authorization lifetime (default 900)")
+    parser.add_argument("--hold-ttl-s", dest="hold_ttl_s", type=int,
+                        help="pre-authorization lifetime, seconds, 60..86400 (FUELSWITCH_HOLD_TTL_S; default 900)")
+    parser.add_argument("--hold-ttl-by-class", dest="hold_ttl_by_class", metavar="CLASS=SECONDS,...",
+                        help="pre-authorization lifetime by station class, e.g. highway=1800,truck=3600 "
+                             "(seconds, 60..86400 each; FUELSWITCH_HOLD_TTL_BY_CLASS); stations of other "
+                             "classes use --hold-ttl-s. Classes are set by `fuelswitch admin register-station --class`")
     parser.add_argument("--session-ttl-s", dest="session_ttl_s", type=int,
                         help="terminal session key lifetime, at most 86400 (default)")
     parser.add_argument("--tls-cert", dest="tls_cert", type=Path, help="PEM certificate chain for the gRPC listener")
@@ -38,12 +42,25 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
                         help="network fee on station sales, basis points (default 0)")
     parser.add_argument("--reconcile-fee-tolerance-fen", dest="reconcile_fee_tolerance_fen", type=int,
                         help="channel fee differences up to this are not discrepancies (default 0)")
+    parser.add_argument("--channel-fee-bps", dest="channel_fee_bps", metavar="CHANNEL=BPS,...",
+                        help="contracted channel fee rates, e.g. wechat=60,alipay=60: a payment recorded "
+                             "without a fee is reconciled against its channel's rate (default none)")
+    parser.add_argument("--metrics-listen", dest="metrics_listen", metavar="HOST:PORT",
+                        help="serve Prometheus metrics at http://HOST:PORT/metrics (FUELSWITCH_METRICS_LISTEN; "
+                             "default off)")
+    parser.add_argument("--log-format", dest="log_format", choices=("text", "json"),
+                        help="text (default) or json: one JSON object per line")
+    parser.add_argument("--request-log", dest="request_log", choices=("all", "problems", "off"),
+                        help="an INFO line per RPC: all, problems (default: answers other than 00/10/OK), off")
+    parser.add_argument("--db-probe-interval-s", dest="db_probe_interval_s", type=float,
+                        help="seconds between database health probes (default 1)")
 
 
 CLEARING_COMMANDS = {
     "channels": "payment-channel callback server (fuelswitch channels serve --help)",
     "reconcile": "reconcile a channel statement, list and resolve discrepancies (fuelswitch reconcile --help)",
     "settlement": "per-station settlement batches of a business day, CSV export (fuelswitch settlement --help)",
+    "status": "serving state, database, journal, load and key versions of a running switch (fuelswitch status --help)",
 }
 
 
@@ -62,6 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", required=True)
     _database_flags(db_commands.add_parser("migrate", help="apply the schema migrations and exit"))
+    db_backup = db_commands.add_parser("backup", help="pg_dump (custom format) of the database to FILE; "
+                                                      "the master key is not in it (docs/operations.md)")
+    _database_flags(db_backup)
+    db_backup.add_argument("file", help="dump file to write")
+    db_restore = db_commands.add_parser("restore", help="pg_restore FILE into an empty database "
+                                                        "(--dsn, or a new --data-dir's embedded PostgreSQL)")
+    _database_flags(db_restore)
+    db_restore.add_argument("file", help="dump file written by `fuelswitch db backup` or pg_dump -Fc")
     verify = commands.add_parser("verify", help="check the journal's hash chain and balances against the journal")
     _database_flags(verify)
     keys = commands.add_parser("keys", help="data keys under the master key")
@@ -73,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="rotate only this purpose (repeatable; default all)")
     _database_flags(key_commands.add_parser("list", help="show the data-key versions"))
     commands.add_parser("admin", help="operator commands over CardAdmin (fuelswitch admin --help)")
-    # Clearing commands parse their own arguments (switch/channel_gateway.py, switch/clearing_cli.py).
+    # These parse their own arguments (switch/channel_gateway.py, switch/clearing_cli.py, switch/status_cli.py).
     for name, text in CLEARING_COMMANDS.items():
         commands.add_parser(name, help=text, add_help=False)
     demo = commands.add_parser("demo", help="start the switch on the embedded PostgreSQL and drive pump traffic")
@@ -93,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         from switch import channel_gateway
 
         return channel_gateway.main(argv[1:])
+    if argv[:1] == ["status"]:
+        from switch import status_cli
+
+        return status_cli.main(argv[1:])
     if argv[:1] in (["reconcile"], ["settlement"]):
         from switch import clearing_cli
 
@@ -109,14 +138,17 @@ def main(argv: list[str] | None = None) -> int:
     from switch.config import load_config
 
     try:
-        flags = {k: v for k, v in vars(args).items() if k not in ("command", "db_command", "keys_command", "purpose")}
+        flags = {k: v for k, v in vars(args).items()
+                 if k not in ("command", "db_command", "keys_command", "purpose", "file")}
         if args.command != "serve":
             flags["operator_token"] = flags.get("operator_token") or "unused-by-maintenance"
         config = load_config(flags)
     except (ValueError, OSError) as exc:
         print(f"fuelswitch: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from switch.logs import configure_logging
+
+    configure_logging(config.log_level, config.log_format)
     if args.command == "serve":
         import uvloop
 
@@ -126,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from switch import maintenance
 
-    command = {"db": maintenance.migrate_command, "verify": maintenance.verify_command,
+    command = {"db": maintenance.db_command, "verify": maintenance.verify_command,
                "keys": maintenance.keys_command}[args.command]
     return asyncio.run(command(config, args))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -10,6 +11,9 @@ from typing import Any
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
+# A station class (CardAdmin.RegisterStation, --hold-ttl-by-class): free text in these characters.
+STATION_CLASS_RE = re.compile(r"^[a-z0-9_-]{1,32}$")
+HOLD_TTL_S_MIN, HOLD_TTL_S_MAX = 60, 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -19,6 +23,9 @@ class ServeConfig:
     operator_token: str = ""
     dsn: str = ""  # empty: start the embedded PostgreSQL under data_dir/postgres
     hold_ttl_s: int = 900
+    # Hold lifetimes of station classes, "highway=1800,truck=3600" (seconds, 60..86400 each); a class
+    # not listed uses hold_ttl_s. In TOML also a table: [hold_ttl_by_class] highway = 1800.
+    hold_ttl_by_class: str = ""
     shutdown_grace_s: float = 10.0
     log_level: str = "INFO"
     master_key_file: Path | None = None  # None: FUELSWITCH_MASTER_KEY, else <data_dir>/keys/master.key
@@ -32,6 +39,11 @@ class ServeConfig:
     settlement_cutoff_hour: int = 0  # business days end at this hour in UTC+8 (0 = midnight)
     settlement_fee_bps: int = 0  # network fee on station sales, basis points
     reconcile_fee_tolerance_fen: int = 0  # channel fee differences up to this are not discrepancies
+    channel_fee_bps: str = ""  # contracted channel fee rates, "wechat=60,alipay=60" (basis points)
+    metrics_listen: str = ""  # HOST:PORT of the Prometheus /metrics endpoint; empty: off (docs/operations.md)
+    log_format: str = "text"  # text (people) or json (one object per line, for log shippers)
+    request_log: str = "problems"  # a log line per RPC: all, problems (answers other than 00/10/OK) or off
+    db_probe_interval_s: float = 1.0  # how often the health monitor checks the database
 
     def validate(self) -> ServeConfig:
         if not self.operator_token:
@@ -39,8 +51,9 @@ class ServeConfig:
         host, _, port = self.listen.rpartition(":")
         if not host or not port.isdigit():
             raise ValueError(f"--listen must be HOST:PORT, not {self.listen!r}")
-        if not 60 <= self.hold_ttl_s <= 24 * 3600:
+        if not HOLD_TTL_S_MIN <= self.hold_ttl_s <= HOLD_TTL_S_MAX:
             raise ValueError("hold_ttl_s must be between 60 and 86400")
+        self.hold_ttl_s_by_class()
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("--tls-cert and --tls-key go together")
         if self.tls_client_ca is not None and self.tls_cert is None:
@@ -56,7 +69,43 @@ class ServeConfig:
             raise ValueError("settlement_fee_bps must be 0..10000 basis points")
         if self.reconcile_fee_tolerance_fen < 0:
             raise ValueError("reconcile_fee_tolerance_fen must not be negative")
+        self.channel_fee_rates()
+        if self.metrics_listen:
+            metrics_host, _, metrics_port = self.metrics_listen.rpartition(":")
+            if not metrics_host or not metrics_port.isdigit():
+                raise ValueError(f"--metrics-listen must be HOST:PORT, not {self.metrics_listen!r}")
+        if self.log_format not in ("text", "json"):
+            raise ValueError("log_format must be text or json")
+        if self.request_log not in ("all", "problems", "off"):
+            raise ValueError("request_log must be all, problems or off")
+        if not 0.05 <= self.db_probe_interval_s <= 60:
+            raise ValueError("db_probe_interval_s must be between 0.05 and 60")
         return self
+
+    def hold_ttl_s_by_class(self) -> dict[str, int]:
+        """`hold_ttl_by_class` as {station class: seconds}; ValueError naming what is wrong."""
+        ttls: dict[str, int] = {}
+        for item in filter(None, (part.strip() for part in self.hold_ttl_by_class.split(","))):
+            station_class, _, seconds = (part.strip() for part in item.partition("="))
+            if (not STATION_CLASS_RE.match(station_class) or not seconds.isdigit()
+                    or not HOLD_TTL_S_MIN <= int(seconds) <= HOLD_TTL_S_MAX):
+                raise ValueError(f"hold_ttl_by_class wants CLASS=SECONDS (class: a-z, 0-9, '_', '-'; seconds "
+                                 f"{HOLD_TTL_S_MIN}..{HOLD_TTL_S_MAX}), comma-separated, not {item!r}")
+            if station_class in ttls:
+                raise ValueError(f"hold_ttl_by_class names {station_class!r} twice")
+            ttls[station_class] = int(seconds)
+        return ttls
+
+    def channel_fee_rates(self) -> dict[str, int]:
+        """`channel_fee_bps` as {channel: basis points}; ValueError naming what is wrong."""
+        rates: dict[str, int] = {}
+        for item in filter(None, (part.strip() for part in self.channel_fee_bps.split(","))):
+            channel, _, bps = item.partition("=")
+            if not channel.strip() or not bps.strip().isdigit() or int(bps) > 10_000:
+                raise ValueError(f"channel_fee_bps wants CHANNEL=BASIS_POINTS (0..10000), comma-separated, "
+                                 f"not {item!r}")
+            rates[channel.strip()] = int(bps)
+        return rates
 
 
 def load_config(flags: dict[str, Any], environ: dict[str, str] | None = None) -> ServeConfig:
@@ -81,5 +130,8 @@ def load_config(flags: dict[str, Any], environ: dict[str, str] | None = None) ->
         if field.name in merged:
             default = getattr(ServeConfig(), field.name)
             kind = Path if default is None else type(default)  # every optional setting is a file
-            typed[field.name] = kind(merged[field.name])
+            value = merged[field.name]
+            if isinstance(value, dict):  # a TOML table for a "KEY=VALUE,..." setting (hold_ttl_by_class)
+                value = ",".join(f"{key}={item}" for key, item in value.items())
+            typed[field.name] = kind(value)
     return ServeConfig(**typed).validate()

@@ -24,6 +24,7 @@ import asyncpg
 
 from core import HoldState, JournalEntry, Kind, Ledger
 from switch import journal_chain
+from switch.histogram import Histogram, batch_histogram, latency_histogram
 from switch.keyring import Keyring
 
 log = logging.getLogger("fuelswitch.journal")
@@ -33,8 +34,12 @@ COMMIT_TIMEOUT_S = 5.0  # a commit slower than this counts as failed: terminals 
 
 # Business records, by statement. Written in this order (parents before children), after the core's rows.
 STATEMENTS: dict[str, str] = {
-    "station": """INSERT INTO stations (station_id, name, region, latitude, longitude) VALUES ($1, $2, $3, $4, $5)
-        ON CONFLICT (station_id) DO UPDATE SET name = $2, region = $3, latitude = $4, longitude = $5""",
+    "station": """INSERT INTO stations (station_id, name, region, latitude, longitude, station_class,
+        offline_floor_limit, offline_max_count, offline_max_total, offline_max_per_card_per_day)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+        ON CONFLICT (station_id) DO UPDATE SET name = $2, region = $3, latitude = $4, longitude = $5,
+        station_class = $6, offline_floor_limit = $7, offline_max_count = $8, offline_max_total = $9,
+        offline_max_per_card_per_day = $10""",
     "terminal": """INSERT INTO terminals (terminal_id, station_id, public_key, state, state_reason)
         VALUES ($1, $2, $3, $4, $5)
         ON CONFLICT (terminal_id) DO UPDATE SET station_id = $2, public_key = $3, state = $4, state_reason = $5""",
@@ -43,16 +48,20 @@ STATEMENTS: dict[str, str] = {
     "account": """INSERT INTO accounts (account_id, kind, holder_name, balance, overdraft, opening, created_ms)
         VALUES ($1, $2, $3, $4, $5, $4, $6)""",
     "card": """INSERT INTO cards (card_id, account_id, pan_index, pan_enc, masked_pan, pvv, pvk_version, pin_tries,
-        state, per_txn_limit, partial_allowed, expiry, parent_card_id, created_ms)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+        state, per_txn_limit, partial_allowed, expiry, parent_card_id, created_ms, offline_floor_limit)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
         ON CONFLICT (card_id) DO UPDATE SET pan_enc = $4, pvv = $6, pvk_version = $7, pin_tries = $8, state = $9,
-        per_txn_limit = $10, partial_allowed = $11, expiry = $12""",
+        per_txn_limit = $10, partial_allowed = $11, expiry = $12, offline_floor_limit = $15""",
     "transaction": """INSERT INTO transactions (transaction_id, kind, account_id, card_id, terminal_id, station_id,
         stan, amount, volume_ml, product_code, unit_price, original_id, reference, response_code, recorded_ms)
         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)""",
+    # An offline sale: a transaction row with the time the terminal made the sale (switch/offline.py).
+    "offline_sale": """INSERT INTO transactions (transaction_id, kind, account_id, card_id, terminal_id, station_id,
+        stan, amount, volume_ml, product_code, unit_price, original_id, reference, response_code, recorded_ms,
+        sale_time_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)""",
     "review": "UPDATE transactions SET review = $2 WHERE transaction_id = $1",
-    "hotlist": """INSERT INTO hotlist (version, card_id, pan_sm3, masked_pan, response_code, removed, recorded_ms)
-        VALUES ($1, $2, $3, $4, $5, $6, $7)""",
+    "hotlist": """INSERT INTO hotlist (version, card_id, pan_sm3, masked_pan, response_code, removed, recorded_ms,
+        floor_limit) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
     # Clearing (docs/clearing.md): a channel payment/refund and the operator decisions on reconciliation.
     "channel_txn": """INSERT INTO channel_transactions (channel, channel_txn_id, kind, account_id, amount, fee,
         time_ms, business_date, original_txn_id, merchant_order_id, station_id, transaction_id, recorded_ms, source)
@@ -87,6 +96,10 @@ class WriterStats:
     entries: int = 0
     failures: int = 0
     batch_sizes: list[int] = field(default_factory=list)  # recent submissions per commit (bounded)
+    # For operators (switch/metrics.py, GetStatus): submissions per commit and commit latency (ns).
+    batch_histogram: Histogram = field(default_factory=batch_histogram)
+    commit_histogram: Histogram = field(default_factory=latency_histogram)
+    last_commit_ns: int = 0
 
 
 class JournalWriter:
@@ -150,7 +163,7 @@ class JournalWriter:
 
     async def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is not None:
+        if conn is not None and _open(conn):
             conn.terminate()  # its state is unknown after a failure; never hand it back to the pool
             await self._pool.release(conn)
 
@@ -162,11 +175,13 @@ class JournalWriter:
                 batch = self._queue[:BATCH_SUBMISSIONS_MAX]
                 del self._queue[:BATCH_SUBMISSIONS_MAX]
                 entries = self._ledger().drain_journal()
+                started_ns = time.perf_counter_ns()
                 try:
                     await asyncio.wait_for(self._write(entries, batch), COMMIT_TIMEOUT_S)
                 except Exception as exc:  # any failure: nothing of this batch is known to be durable
                     await self._fail(batch, exc)
                     continue
+                elapsed_ns = time.perf_counter_ns() - started_ns
                 for submission in batch:
                     if not submission.future.done():
                         submission.future.set_result(None)
@@ -175,6 +190,9 @@ class JournalWriter:
                 self.stats.entries += len(entries)
                 self.stats.batch_sizes.append(len(batch))
                 del self.stats.batch_sizes[:-1000]
+                self.stats.batch_histogram.observe(len(batch))
+                self.stats.commit_histogram.observe(elapsed_ns)
+                self.stats.last_commit_ns = elapsed_ns
             self._idle.set()
 
     async def _fail(self, batch: list[_Submission], exc: BaseException) -> None:
@@ -196,6 +214,8 @@ class JournalWriter:
             for name, args in submission.records:
                 by_statement[name].append(args)
         core_rows = _core_rows(entries, now_ms)
+        if self._conn is not None and not _open(self._conn):
+            self._conn = None  # closed while idle (the server went away): nothing of this batch was sent yet
         if self._conn is None:
             self._conn = await self._pool.acquire()
             self._head = await _chain_head(self._conn)
@@ -208,12 +228,21 @@ class JournalWriter:
                     await conn.executemany(STATEMENTS[name], by_statement[name])
             await _write_core(conn, core_rows)
             await _write_transactions(conn, by_statement["transaction"])
+            await _write_transactions(conn, by_statement["offline_sale"], "offline_sale")
             await _write_channel_txns(conn, by_statement["channel_txn"])
             for name in ("channel_reversal", "resolution", "review", "hotlist"):
                 if by_statement[name]:
                     await conn.executemany(STATEMENTS[name], by_statement[name])
             await _write_messages(conn, by_statement["message"])
         self._head = head  # committed; after a failure the head is read again with a new connection
+
+
+def _open(conn: asyncpg.Connection) -> bool:
+    """False once the connection is closed, also when the pool already took a closed one back."""
+    try:
+        return not conn.is_closed()
+    except asyncpg.InterfaceError:  # "connection has been released back to the pool"
+        return False
 
 
 # Above this many rows a statement's rows go by COPY (one round trip) instead of one execute each.
@@ -225,11 +254,13 @@ _MESSAGE_COLUMNS = ["terminal_id", "stan", "method", "request_digest", "response
                     "reversed", "recorded_ms"]
 
 
-async def _write_transactions(conn: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> None:
+async def _write_transactions(conn: asyncpg.Connection, rows: list[tuple[Any, ...]],
+                              statement: str = "transaction") -> None:
     if len(rows) > BULK_ROWS:  # transaction ids are never reused: plain inserts
-        await conn.copy_records_to_table("transactions", records=rows, columns=_TRANSACTION_COLUMNS)
+        columns = _TRANSACTION_COLUMNS if statement == "transaction" else [*_TRANSACTION_COLUMNS, "sale_time_ms"]
+        await conn.copy_records_to_table("transactions", records=rows, columns=columns)
     elif rows:
-        await conn.executemany(STATEMENTS["transaction"], rows)
+        await conn.executemany(STATEMENTS[statement], rows)
 
 
 _CHANNEL_TXN_COLUMNS = ["channel", "channel_txn_id", "kind", "account_id", "amount", "fee", "time_ms",

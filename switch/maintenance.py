@@ -1,4 +1,4 @@
-"""Maintenance commands that work on the database directly: db migrate, verify, keys rotate/list.
+"""Maintenance commands that work on the database directly: db migrate/backup/restore, verify, keys.
 
 Each works beside a running switch (on its embedded PostgreSQL too) or on a stopped one.
 """
@@ -6,10 +6,13 @@ Each works beside a running switch (on its embedded PostgreSQL too) or on a stop
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
+from pathlib import Path
 
 import asyncpg
 
+from switch import backup
 from switch import keyring as K
 from switch.config import ServeConfig
 from switch.database import database
@@ -21,6 +24,25 @@ async def migrate_command(config: ServeConfig, _: argparse.Namespace) -> int:
     async with database(config) as dsn:
         applied = await migrate(dsn)
     print(f"applied migrations: {applied or 'none (up to date)'}")
+    return 0
+
+
+async def db_command(config: ServeConfig, args: argparse.Namespace) -> int:
+    if args.db_command == "migrate":
+        return await migrate_command(config, args)
+    try:
+        async with database(config) as dsn:
+            if args.db_command == "backup":
+                await asyncio.to_thread(backup.dump, dsn, Path(args.file))
+                print(f"backed up to {args.file} (pg_dump custom format); the master key is not in it: "
+                      "back it up apart")
+            else:
+                await backup.ensure_empty(dsn)
+                await asyncio.to_thread(backup.restore, dsn, Path(args.file))
+                print(f"restored {args.file}; check it with `fuelswitch verify` (needs the master key)")
+    except backup.BackupError as exc:
+        print(f"fuelswitch db {args.db_command}: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -7,10 +7,16 @@ without an `await`, like an online decision, so the core's entries and the busin
 together. An offline sale is never declined for funds (the fuel is sold): it may take the account
 below zero, which is recorded, flagged for review and hotlists the account's cards until a top-up
 clears the debt.
+
+Risk bounds (docs/pos-protocol.md §9.3), all decided from memory: the floor limit (the card's own
+as of the terminal's hotlist version, else the station's, else the network's), offline sales of one
+card on one terminal per calendar day (counted in `SwitchState.offline_day_counts`, rebuilt at start
+by switch/recovery.py), and per upload stream the count and total of what it applies (`UploadTally`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from fuelswitch.v1 import pos_pb2
@@ -21,27 +27,60 @@ from switch import policy as P
 from switch.journal import Record
 from switch.keyring import Keyring
 from switch.products import PRODUCTS
-from switch.state import Card, PosMessage, Sale, SwitchState
+from switch.state import Card, PosMessage, Sale, Station, SwitchState
 
 METHOD = "UploadOffline"
 MAC_TRAILER = b"\x7a\x40"  # field 15, wire type 2, length 64
 MAC_HEX_LEN = 64
 CHUNK_RECORDS = 256  # records decided at once: bounds how long one chunk holds the event loop
 NEGATIVE_REVIEW = "offline sale took the account below zero"
+DAY_MS = 24 * 3600 * 1000
+UTC8_MS = 8 * 3600 * 1000
+# Oldest sale an upload may bring: the per-card-per-day counts are rebuilt for this long at start.
+OFFLINE_AGE_MS_MAX = 7 * DAY_MS
+
+
+def offline_day(time_ms: int) -> int:
+    """The calendar day (UTC+8) of a sale, as days since 1970-01-01: what max_per_card_per_day counts in."""
+    return (time_ms + UTC8_MS) // DAY_MS
 
 
 @dataclass(frozen=True)
 class OfflineConfig:
+    """The network's offline limits; a station may override all but max_age_ms (`for_station`)."""
+
     floor_limit: int = 30_000  # fen per sale
-    max_count: int = 200
-    max_total: int = 2_000_000
-    max_age_ms: int = 3 * 24 * 3600 * 1000
-    max_per_card_per_day: int = 2
+    max_count: int = 200  # sales one upload stream may apply (what a terminal may hold un-uploaded)
+    max_total: int = 2_000_000  # fen one upload stream may apply
+    max_age_ms: int = 3 * DAY_MS
+    max_per_card_per_day: int = 2  # per card, terminal and calendar day (UTC+8) of the sale
+
+    def __post_init__(self) -> None:
+        if not 0 < self.max_age_ms <= OFFLINE_AGE_MS_MAX:
+            raise ValueError(f"max_age_ms must be 1..{OFFLINE_AGE_MS_MAX}")
+
+    def for_station(self, station: Station | None) -> OfflineConfig:
+        """The limits a station's terminals work with: its own where set, these otherwise."""
+        if station is None:
+            return self
+        own = {name: value for name, value in (
+            ("floor_limit", station.offline_floor_limit), ("max_count", station.offline_max_count),
+            ("max_total", station.offline_max_total), ("max_per_card_per_day", station.offline_max_per_card_per_day),
+        ) if value is not None}
+        return dataclasses.replace(self, **own) if own else self
 
     def message(self) -> pos_pb2.OfflineLimits:
         return pos_pb2.OfflineLimits(floor_limit=self.floor_limit, max_count=self.max_count,
                                      max_total=self.max_total, max_age_ms=self.max_age_ms,
                                      max_per_card_per_day=self.max_per_card_per_day)
+
+
+@dataclass
+class UploadTally:
+    """What one upload stream has applied so far: checked against max_count and max_total."""
+
+    count: int = 0
+    total: int = 0
 
 
 class RecordRefused(ValueError):
@@ -82,11 +121,25 @@ class _Sale:
     digest: bytes
     card: Card
     txn_id: int
+    day_key: tuple[str, int, int]  # (terminal, card, day) it counts in for max_per_card_per_day
+
+
+_REASONS = {
+    P.INVALID_AMOUNT: "amount must be more than 0",
+    P.INVALID_CARD: "unknown card",
+}
 
 
 def decide_chunk(state: SwitchState, keyring: Keyring, terminal_id: str, station_id: str, now_ms: int,
-                 config: OfflineConfig, records: list[pos_pb2.OfflineTransaction]) -> Chunk:
-    """Synchronous on purpose: see the module docstring."""
+                 config: OfflineConfig, records: list[pos_pb2.OfflineTransaction],
+                 tally: UploadTally | None = None) -> Chunk:
+    """Synchronous on purpose: see the module docstring. `config` is the network's limits (the station's
+    own are applied here); `tally` is the upload stream's so far (a fresh one when None)."""
+    limits = config.for_station(state.stations.get(station_id))
+    tally = UploadTally() if tally is None else tally
+    day_counts = state.offline_day_counts
+    day_counts.prune(offline_day(now_ms - limits.max_age_ms))  # older sales are rejected (12) before counting
+    counts = day_counts.counts
     chunk = Chunk()
     sales: list[_Sale] = []
     in_chunk: dict[int, bytes] = {}
@@ -98,73 +151,108 @@ def decide_chunk(state: SwitchState, keyring: Keyring, terminal_id: str, station
             chunk.results.append(_repeat(seen, stan, digest, in_chunk.get(stan)))
             continue
         in_chunk[stan] = digest
-        code, card = _check(state, keyring, now_ms, config, record)
+        code, card, reason = _check(state, keyring, now_ms, limits, record)
         if code is None and card is not None:
             duplicate = _completed_hold(state, record)
             if duplicate is not None:
                 chunk.results.append(_result(stan, "duplicate", P.APPROVED, "the hold was completed online",
                                              duplicate))
                 continue
-            sales.append(_Sale(len(chunk.results), record, digest, card, state.ids.take()))
-            chunk.results.append(pos_pb2.OfflineRecordResult())  # filled in below
-            continue
-        result = _result(stan, "rejected", code or P.INVALID_CARD, "rejected")
+            day_key = (terminal_id, card.card_id, offline_day(record.transaction_time_ms))
+            day_count = counts.get(day_key, 0)
+            code, reason = _bounds(limits, tally, day_count, record.amount)
+            if code is None:
+                _release_hold(state, record)
+                counts[day_key] = day_count + 1
+                tally.count += 1
+                tally.total += record.amount
+                sales.append(_Sale(len(chunk.results), record, digest, card, state.ids.take(), day_key))
+                chunk.results.append(pos_pb2.OfflineRecordResult())  # filled in below
+                continue
+        code = code or P.INVALID_CARD
+        result = _result(stan, "rejected", code, reason or _REASONS.get(code, "rejected"))
         chunk.results.append(result)
         _remember(state, chunk, terminal_id, stan, digest, result, "", 0, now_ms)
     if sales:
-        _apply(state, keyring, terminal_id, station_id, now_ms, sales, chunk)
+        _apply(state, keyring, terminal_id, station_id, now_ms, sales, chunk, tally)
     return chunk
 
 
-def _check(state: SwitchState, keyring: Keyring, now_ms: int, config: OfflineConfig,
-           record: pos_pb2.OfflineTransaction) -> tuple[str | None, Card | None]:
-    """The §9.3 rules, in the documented order; (None, card) when the sale is to be applied."""
+def _check(state: SwitchState, keyring: Keyring, now_ms: int, limits: OfflineConfig,
+           record: pos_pb2.OfflineTransaction) -> tuple[str | None, Card | None, str]:
+    """The §9.3 rules about the record itself, in the documented order: (code, card, reason), code
+    None when they pass."""
     if record.amount <= 0:
-        return P.INVALID_AMOUNT, None
-    if record.product_code not in PRODUCTS or now_ms - record.transaction_time_ms > config.max_age_ms:
-        return P.INVALID_TRANSACTION, None
+        return P.INVALID_AMOUNT, None, ""
+    if record.product_code not in PRODUCTS:
+        return P.INVALID_TRANSACTION, None, "unknown product"
+    if now_ms - record.transaction_time_ms > limits.max_age_ms:
+        return P.INVALID_TRANSACTION, None, "sale older than max_age_ms"
     card = state.cards_by_index.get(cardnumbers.pan_index(keyring, record.pan))
     if card is None:
-        return P.INVALID_CARD, None
-    listed = state.hotlist.code_at(card.card_id, record.hotlist_version)
-    if listed is not None:
-        return listed, card
-    if record.amount > config.floor_limit:
-        return P.EXCEEDS_LIMIT, card
-    return None, card
+        return P.INVALID_CARD, None, ""
+    entry = state.hotlist.entry_at(card.card_id, record.hotlist_version)  # what the terminal knew
+    if entry is not None and entry.code:
+        return entry.code, card, "card on the hotlist"
+    floor_limit = limits.floor_limit
+    if entry is not None and entry.floor_limit is not None:
+        floor_limit = entry.floor_limit  # the card's own, in place of the station's or the network's
+    if record.amount > floor_limit:
+        return P.EXCEEDS_LIMIT, card, f"amount above the offline floor limit ({floor_limit} fen)"
+    return None, card, ""
+
+
+def _bounds(limits: OfflineConfig, tally: UploadTally, day_count: int, amount: int) -> tuple[str | None, str]:
+    """The §9.3 bounds on how much is sold offline, in the documented order: (code, reason)."""
+    if day_count >= limits.max_per_card_per_day:
+        return P.EXCEEDS_FREQUENCY, f"card's offline sales on this terminal that day exceed {limits.max_per_card_per_day}"
+    if tally.count >= limits.max_count:
+        return P.EXCEEDS_FREQUENCY, f"more than max_count ({limits.max_count}) offline sales in one upload"
+    if tally.total + amount > limits.max_total:
+        return P.EXCEEDS_LIMIT, f"offline sales in one upload above max_total ({limits.max_total} fen)"
+    return None, ""
 
 
 def _completed_hold(state: SwitchState, record: pos_pb2.OfflineTransaction) -> int | None:
-    """With `hold_id`: release the hold if still open; the sale's id if it was completed for this amount."""
+    """With `hold_id`: the sale's id if that hold was completed online for this amount."""
     if not record.hold_id.isdigit():
         return None
-    hold_id = int(record.hold_id)
-    completed = state.completions.get(hold_id)
+    completed = state.completions.get(int(record.hold_id))
     if completed is not None and state.sales[completed].amount == record.amount:
         return completed
-    state.ledger.void(hold_id)  # an open hold is released; any other state is left as it is
     return None
 
 
+def _release_hold(state: SwitchState, record: pos_pb2.OfflineTransaction) -> None:
+    """With `hold_id`: the sale is applied, so its hold (if still open) is released."""
+    if record.hold_id.isdigit():
+        state.ledger.void(int(record.hold_id))  # an open hold is released; any other state is left as it is
+
+
 def _apply(state: SwitchState, keyring: Keyring, terminal_id: str, station_id: str, now_ms: int,
-           sales: list[_Sale], chunk: Chunk) -> None:
+           sales: list[_Sale], chunk: Chunk, tally: UploadTally) -> None:
     statuses = state.ledger.debit_batch([(s.txn_id, s.card.account_id, s.record.amount) for s in sales],
                                         force=True)
     went_negative: set[int] = set()
+    counts = state.offline_day_counts.counts
     for sale, status in zip(sales, statuses, strict=True):
         record, stan = sale.record, sale.record.header.stan
         if status not in (Status.OK, Status.OK_NEGATIVE):
             result = _result(stan, "rejected", P.SYSTEM_MALFUNCTION, status.name)
             chunk.results[sale.at] = result
             _remember(state, chunk, terminal_id, stan, sale.digest, result, "", 0, now_ms)
+            counts[sale.day_key] -= 1  # not applied after all: it does not count
+            tally.count -= 1
+            tally.total -= record.amount
             continue
         negative = status is Status.OK_NEGATIVE
         account = sale.card.account_id
         state.sales[sale.txn_id] = Sale(sale.txn_id, account, sale.card.card_id, station_id, record.amount)
         original = int(record.hold_id) if record.hold_id.isdigit() else None
-        chunk.records.append(("transaction", (
+        chunk.records.append(("offline_sale", (
             sale.txn_id, "offline_sale", account, sale.card.card_id, terminal_id, station_id, stan, record.amount,
             record.volume_ml, record.product_code, record.unit_price, original, None, P.APPROVED, now_ms,
+            record.transaction_time_ms,
         )))
         if negative:
             chunk.records.append(("review", (sale.txn_id, NEGATIVE_REVIEW)))
@@ -179,20 +267,25 @@ def _apply(state: SwitchState, keyring: Keyring, terminal_id: str, station_id: s
 
 def list_account(state: SwitchState, keyring: Keyring, account_id: int, now_ms: int) -> list[Record]:
     """Hotlist the account's cards while it is below zero, and take them off once it is not."""
-    balance, _ = state.ledger.balance(account_id)
-    code = hotlist.NEGATIVE_CODE if balance < 0 else None
     rows: list[Record] = []
     for card in state.cards.values():
-        if card.account_id != account_id:
-            continue
-        current = state.hotlist.listed.get(card.card_id)
-        if code is None and (current is None or current.code != hotlist.NEGATIVE_CODE):
-            continue  # listed for another reason (lost, frozen, ...): not ours to remove
-        entry = state.hotlist.change(card.card_id, hotlist.pan_sm3(cardnumbers.decrypt(keyring, card.pan_enc)),
-                                     card.masked_pan, code)
-        if entry is not None:
-            rows.append(("hotlist", entry.row(now_ms)))
+        if card.account_id == account_id:
+            rows.extend(relist(state, keyring, card, now_ms))
     return rows
+
+
+def relist(state: SwitchState, keyring: Keyring, card: Card, now_ms: int) -> list[Record]:
+    """Bring the card's hotlist entry up to date: its state's decline code, else a debt's ("51"), and its
+    own offline floor limit; off the list when none applies. The rows to commit (none if nothing changed)."""
+    code = hotlist.STATE_CODES.get(card.state)
+    if code is None and state.ledger.balance(card.account_id)[0] < 0:
+        code = hotlist.NEGATIVE_CODE
+    if not state.hotlist.differs(card.card_id, code, card.offline_floor_limit):
+        return []
+    current = state.hotlist.listed.get(card.card_id)
+    pan_hash = current.pan_sm3 if current is not None else hotlist.pan_sm3(cardnumbers.decrypt(keyring, card.pan_enc))
+    entry = state.hotlist.change(card.card_id, pan_hash, card.masked_pan, code, card.offline_floor_limit)
+    return [] if entry is None else [("hotlist", entry.row(now_ms))]
 
 
 def _remember(state: SwitchState, chunk: Chunk, terminal_id: str, stan: int, digest: bytes,

@@ -76,11 +76,13 @@ class OfflineGateway:
         SessionTable.check_header(session, req.header.terminal_id, req.header.terminal_time_ms, now)
         station_id = app.state.terminals[session.terminal_id].station_id
         page = app.state.hotlist.page(req.since_version)
+        limits = app.config.offline.for_station(app.state.stations.get(station_id))
         response = pos_pb2.SyncHotlistResponse(
             response_code=P.APPROVED, message="ok", version=page.version, full_snapshot=page.full_snapshot,
-            more=page.more, station_id=station_id, offline_limits=app.config.offline.message(),
+            more=page.more, station_id=station_id, offline_limits=limits.message(),
             entries=[pos_pb2.HotlistEntry(pan_sm3=e.pan_sm3, masked_pan=e.masked_pan, response_code=e.code,
-                                          removed=e.removed, version=e.version) for e in page.entries],
+                                          removed=e.removed, version=e.version, floor_limit=e.wire_floor_limit)
+                     for e in page.entries],
             prices=[ProductPrice(product_code=product, unit_price=price)
                     for product, price in app.state.prices.current(station_id, now)],
         )
@@ -103,7 +105,7 @@ class OfflineGateway:
         total = pos_pb2.OfflineUploadResult(response_code=P.APPROVED, message="processed")
         committing: deque[asyncio.Future[None]] = deque()
         try:
-            await self._receive(session, messages, records_of, total, committing)
+            await self._receive(session, messages, records_of, total, committing, offline.UploadTally())
         finally:  # a stream that ends early leaves its chunks committing: their failures are not news
             for commit in committing:
                 commit.add_done_callback(_retrieve_failure)
@@ -113,7 +115,7 @@ class OfflineGateway:
 
     async def _receive(self, session: Session, messages: AsyncIterator[bytes],
                        records_of: Callable[[bytes], Sequence[bytes]], total: pos_pb2.OfflineUploadResult,
-                       committing: deque[asyncio.Future[None]]) -> None:
+                       committing: deque[asyncio.Future[None]], tally: offline.UploadTally) -> None:
         app = self.app
         pending: list[pos_pb2.OfflineTransaction] = []
         received = 0
@@ -127,7 +129,7 @@ class OfflineGateway:
                 pending.append(self._authentic(session, raw, now))
                 if len(pending) >= offline.CHUNK_RECORDS:
                     await self._journal_lane.acquire()
-                    committing.append(self._decide(session, pending, total))
+                    committing.append(self._decide(session, pending, total, tally))
                     pending = []
                     if len(committing) > CHUNKS_COMMITTING_MAX:
                         await committing.popleft()  # JournalUnavailable ends the stream: upload again
@@ -135,7 +137,7 @@ class OfflineGateway:
                         await asyncio.sleep(0)  # let live calls in between chunks of a big message
         if pending:
             await self._journal_lane.acquire()
-            committing.append(self._decide(session, pending, total))
+            committing.append(self._decide(session, pending, total, tally))
         while committing:  # the answer goes out only once every chunk is durable
             await committing.popleft()
 
@@ -157,7 +159,7 @@ class OfflineGateway:
         return record
 
     def _decide(self, session: Session, records: list[pos_pb2.OfflineTransaction],
-                total: pos_pb2.OfflineUploadResult) -> asyncio.Future[None]:
+                total: pos_pb2.OfflineUploadResult, tally: offline.UploadTally) -> asyncio.Future[None]:
         """Decide a chunk now and hand it to the journal writer; the returned future is its commit."""
         app = self.app
         if not app.available:
@@ -166,7 +168,7 @@ class OfflineGateway:
         terminal = app.state.terminals[session.terminal_id]
         try:
             chunk = offline.decide_chunk(app.state, app.keyring, terminal.terminal_id, terminal.station_id,
-                                         app.clock_ms(), app.config.offline, records)
+                                         app.clock_ms(), app.config.offline, records, tally)
         except BaseException:
             self._journal_lane.release()
             raise

@@ -91,8 +91,9 @@ def authorize(ctx: Ctx, req: pos_pb2.AuthorizeRequest) -> Outcome:
         return Outcome(decline(response_code=code or P.INVALID_CARD, message="declined"), records)
     _, available = _available(ctx, card.account_id)
     code, amount = P.approved_amount(requested, available, card, req.partial_allowed)
-    if amount == 0:
-        return Outcome(decline(response_code=code, message="declined"), records)
+    if amount == 0:  # a 51 tells the terminal what is available (pos.proto)
+        shown = available if code == P.INSUFFICIENT_FUNDS else 0
+        return Outcome(decline(response_code=code, message="declined", available_balance=shown), records)
     hold_id = ctx.state.ids.take()
     expires_at = ctx.now_ms + ctx.hold_ttl_ms
     status = ctx.state.ledger.hold(hold_id, [(card.account_id, amount)], expires_at)

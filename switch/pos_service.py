@@ -21,7 +21,7 @@ from switch import policy as P
 from switch import pos_decisions as D
 from switch import sm3
 from switch.app import App
-from switch.errors import Overloaded, RequestInvalid
+from switch.errors import Overloaded, RequestInvalid, refuse_nul
 from switch.journal import JournalUnavailable
 from switch.offline_service import OfflineGateway
 from switch.protocol import MD_MAC, MD_SESSION_ID, MD_TERMINAL_ID, Unauthenticated
@@ -188,8 +188,9 @@ class PosGateway:
         terminal = state.terminals.get(session.terminal_id)
         if terminal is None or terminal.state != "active":
             raise Unauthenticated("unknown-terminal", "terminal is not registered or not active")
+        hold_ttl_ms = app.config.hold_ttl_ms_for(state.stations[terminal.station_id].station_class)
         ctx = D.Ctx(state, session.terminal_id, terminal.station_id, req.header.stan, session.pin_key,
-                    app.keyring, app.clock_ms(), app.config.hold_ttl_ms)
+                    app.keyring, app.clock_ms(), hold_ttl_ms)
         outcome = decide(ctx, req)
         body = outcome.response.SerializeToString()
         message = PosMessage(method, digest, body, outcome.effect_kind, outcome.effect_ref)
@@ -221,6 +222,7 @@ def check_well_formed(req: Any) -> None:
     pin_block = getattr(req, "pin_block", b"")
     if pin_block and len(pin_block) != PIN_BLOCK_LEN_BYTES:
         raise RequestInvalid(f"pin_block must be {PIN_BLOCK_LEN_BYTES} bytes (or empty)")
+    refuse_nul(req)  # e.g. a Complete's product_code is stored as given
 
 
 def _code(response_type: Any, code: str, text: str) -> bytes:

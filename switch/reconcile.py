@@ -119,9 +119,19 @@ def journal_side(rows: Iterable[asyncpg.Record]) -> tuple[dict[str, JournalEntry
     return entries, net
 
 
+def contract_fee(amount: int, fee_bps: int) -> int:
+    """The channel's fee on `amount` at its contracted rate, rounded half up to the fen."""
+    return (amount * fee_bps + 5_000) // 10_000
+
+
 def match(lines: Iterable[clearing_pb2.StatementLine], channel: str, date: str,
-          journal: dict[str, JournalEntry], journal_net: int, fee_tolerance: int) -> Match:
+          journal: dict[str, JournalEntry], journal_net: int, fee_tolerance: int,
+          contract_fee_bps: int | None = None) -> Match:
     """Compare every line with the journal (consumed: what is left was not on the statement).
+
+    A fee recorded here as 0 means the channel's notification carried none (WeChat, Alipay and
+    UnionPay notifications do not): with `contract_fee_bps` the line's fee is then checked against
+    the contracted rate instead.
 
     One discrepancy per line at most, the first that applies: duplicate (a later line with an id
     already seen), missing_here, status_mismatch (kind differs, failed vs applied, success vs
@@ -155,6 +165,8 @@ def match(lines: Iterable[clearing_pb2.StatementLine], channel: str, date: str,
             continue
         jkind, jamount, jfee, jreversed = entry
         jstatus = "reversed" if jreversed else "applied"
+        if jfee == 0 and contract_fee_bps is not None:
+            jfee = contract_fee(jamount, contract_fee_bps)
         problem = _compare(kind, status, amount, fee, jkind, jstatus, jamount, jfee, fee_tolerance)
         if problem is None:
             matched += 1

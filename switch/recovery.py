@@ -6,6 +6,7 @@ import asyncpg
 
 from core import HoldState, Kind, Ledger, Status
 from switch.hotlist import Entry
+from switch.offline import DAY_MS, OFFLINE_AGE_MS_MAX, offline_day
 from switch.protocol import STAN_RETENTION_MS
 from switch.state import (
     AccountMeta,
@@ -48,12 +49,16 @@ async def load_state(conn: asyncpg.Connection, now_ms: int) -> SwitchState:
         state.add_card(Card(
             r["card_id"], r["account_id"], bytes(r["pan_index"]), bytes(r["pan_enc"]), r["masked_pan"],
             bytes(r["pvv"]), r["pvk_version"], r["pin_tries"], r["state"], r["per_txn_limit"],
-            r["partial_allowed"], r["expiry"], r["parent_card_id"], r["created_ms"],
+            r["partial_allowed"], r["expiry"], r["parent_card_id"], r["created_ms"], r["offline_floor_limit"],
         ))
         max_id = max(max_id, r["card_id"])
 
-    for r in await conn.fetch("SELECT station_id, name, region, latitude, longitude FROM stations"):
-        state.stations[r["station_id"]] = Station(r["station_id"], r["name"], r["region"], r["latitude"], r["longitude"])
+    for r in await conn.fetch("SELECT station_id, name, region, latitude, longitude, station_class, offline_floor_limit,"
+                              " offline_max_count, offline_max_total, offline_max_per_card_per_day FROM stations"):
+        state.stations[r["station_id"]] = Station(
+            r["station_id"], r["name"], r["region"], r["latitude"], r["longitude"], r["station_class"],
+            r["offline_floor_limit"], r["offline_max_count"], r["offline_max_total"], r["offline_max_per_card_per_day"],
+        )
     for r in await conn.fetch("SELECT terminal_id, station_id, public_key, state, state_reason FROM terminals"):
         state.terminals[r["terminal_id"]] = Terminal(r["terminal_id"], r["station_id"], r["public_key"], r["state"],
                                                      r["state_reason"])
@@ -62,7 +67,8 @@ async def load_state(conn: asyncpg.Connection, now_ms: int) -> SwitchState:
         state.prices.set(r["station_id"], r["product_code"], r["unit_price"], r["effective_ms"])
     for r in await conn.fetch("SELECT * FROM hotlist ORDER BY version"):
         state.hotlist.add(Entry(r["version"], r["card_id"], r["pan_sm3"], r["masked_pan"], r["response_code"],
-                                r["removed"]))
+                                r["removed"], r["floor_limit"]))
+    await _load_offline_day_counts(conn, state, now_ms)
 
     rows = await conn.fetch(
         "SELECT terminal_id, stan, method, request_digest, response, effect_kind, effect_ref, reversed"
@@ -108,6 +114,22 @@ def _replay_transaction(state: SwitchState, r: asyncpg.Record) -> None:
             state.sales[sale_id].refunded -= r["amount"]
     elif kind == "topup" and r["reference"]:
         state.topups[r["reference"]] = (txn_id, r["account_id"], r["amount"])
+
+
+async def _load_offline_day_counts(conn: asyncpg.Connection, state: SwitchState, now_ms: int) -> None:
+    """Offline sales per (terminal, card, day) for every day an upload may still reach (max_per_card_per_day)."""
+    first_day = offline_day(now_ms - OFFLINE_AGE_MS_MAX)
+    rows = await conn.fetch(
+        "SELECT terminal_id, card_id, sale_time_ms FROM transactions"
+        " WHERE sale_time_ms >= $1 AND kind = 'offline_sale'",
+        now_ms - OFFLINE_AGE_MS_MAX - DAY_MS,
+    )
+    counts = state.offline_day_counts
+    counts.kept_from_day = first_day
+    for r in rows:
+        key = (r["terminal_id"], r["card_id"], offline_day(r["sale_time_ms"]))
+        if key[2] >= first_day:
+            counts.counts[key] = counts.counts.get(key, 0) + 1
 
 
 async def _load_clearing(conn: asyncpg.Connection, state: SwitchState) -> None:

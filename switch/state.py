@@ -44,13 +44,17 @@ class Card:
     expiry: str  # YYYY-MM
     parent_card_id: int | None
     created_ms: int
+    offline_floor_limit: int | None = None  # fen; None = the station's; 0 = never approved offline
 
     def row(self) -> tuple[object, ...]:
         return (
             self.card_id, self.account_id, self.pan_index, self.pan_enc, self.masked_pan, self.pvv,
             self.pvk_version, self.pin_tries, self.state, self.per_txn_limit, self.partial_allowed,
-            self.expiry, self.parent_card_id, self.created_ms,
+            self.expiry, self.parent_card_id, self.created_ms, self.offline_floor_limit,
         )
+
+
+DEFAULT_STATION_CLASS = "standard"
 
 
 @dataclass
@@ -60,6 +64,17 @@ class Station:
     region: str
     latitude: float
     longitude: float
+    station_class: str = DEFAULT_STATION_CLASS  # chooses the hold lifetime (AppConfig.hold_ttl_ms_by_class)
+    # The station's own offline limits (docs/pos-protocol.md §9); None = the network default.
+    offline_floor_limit: int | None = None
+    offline_max_count: int | None = None
+    offline_max_total: int | None = None
+    offline_max_per_card_per_day: int | None = None
+
+    def row(self) -> tuple[object, ...]:
+        return (self.station_id, self.name, self.region, self.latitude, self.longitude, self.station_class,
+                self.offline_floor_limit, self.offline_max_count, self.offline_max_total,
+                self.offline_max_per_card_per_day)
 
 
 @dataclass
@@ -114,6 +129,10 @@ class SwitchState:
     hold_cards: dict[int, tuple[int, str]] = field(default_factory=dict)  # hold id -> (card id, terminal id)
     completions: dict[int, int] = field(default_factory=dict)  # hold id -> its sale's transaction id
     hotlist: Hotlist = field(default_factory=Hotlist)
+    # Offline sales applied per (terminal id, card id, calendar day UTC+8 of the sale): what
+    # max_per_card_per_day is checked against (switch/offline.py); rebuilt at start for the days an
+    # upload may still reach.
+    offline_day_counts: OfflineDayCounts = field(default_factory=lambda: OfflineDayCounts({}))
     prices: PriceTable = field(default_factory=PriceTable)
     sessions: SessionTable = field(default_factory=SessionTable)
     # Clearing: every channel payment/refund that moved money, by (channel, channel_txn_id).
@@ -123,6 +142,20 @@ class SwitchState:
     def add_card(self, card: Card) -> None:
         self.cards[card.card_id] = card
         self.cards_by_index[card.pan_index] = card
+
+
+@dataclass
+class OfflineDayCounts:
+    """Offline sales applied per (terminal, card, day); days before `kept_from_day` are dropped."""
+
+    counts: dict[tuple[str, int, int], int]
+    kept_from_day: int = 0
+
+    def prune(self, first_day: int) -> None:
+        """Forget days before `first_day` (no upload can add to them any more): keeps the map bounded."""
+        if first_day > self.kept_from_day:
+            self.counts = {key: n for key, n in self.counts.items() if key[2] >= first_day}
+            self.kept_from_day = first_day
 
 
 @dataclass

@@ -17,9 +17,11 @@ import sys
 from pathlib import Path
 
 import grpc
+from fuelswitch.v1 import admin_pb2
 
 from loadtest.compare import _server
-from loadtest.provision import provision
+from loadtest.offline_upload import STREAM_RECORDS_MAX
+from loadtest.provision import Operator, provision
 from loadtest.workload import CardSpec, run_pos_load
 from switch.pgembedded import EmbeddedPostgres
 from tests.bench.results import note, record
@@ -42,6 +44,10 @@ async def _scenario(work: Path) -> dict[str, float]:
             async with grpc.aio.insecure_channel(target) as channel:
                 network = await provision(channel, token, terminals=IN_FLIGHT + 1, cards=4 * IN_FLIGHT + 50,
                                           balance_fen=100_000_000)
+                # Thousands of sales per card in one upload: far beyond the network's default risk bounds.
+                await Operator(channel, token).call("SetStationOfflineLimits", admin_pb2.SetStationOfflineLimitsRequest(
+                    station_id=network.station_id, limits=admin_pb2.OfflineLimitSettings(
+                        max_count=STREAM_RECORDS_MAX, max_total=10**12, max_per_card_per_day=RECORDS)))
             live_terminals, uploader = network.terminals[:IN_FLIGHT], network.terminals[IN_FLIGHT]
             # Each live run on cards of its own: the workload's model starts from the provisioned balance.
             cards = [CardSpec(c.pan, c.pin, c.balance_fen) for c in network.cards]

@@ -81,6 +81,17 @@ def _txn(n: int, **overrides: Any) -> Any:
     return admin_pb2.Transaction(**fields)
 
 
+def _station(own: Any, **overrides: Any) -> Any:
+    """A station whose effective limits are `own` over the network defaults."""
+    effective = admin_pb2.OfflineLimitSettings(floor_limit=30000, max_count=200, max_total=2000000,
+                                               max_per_card_per_day=2)
+    effective.MergeFrom(own)
+    fields: dict[str, Any] = dict(station_id="S1", name="Shennan Rd", station_class="highway", hold_ttl_s=1800,
+                                  offline_limits=own, effective_offline_limits=effective)
+    fields.update(overrides)
+    return admin_pb2.Station(**fields)
+
+
 PAGE_1 = admin_pb2.ListTransactionsResponse(
     transactions=[
         _txn(3),
@@ -171,6 +182,24 @@ class FakeAdmin(admin_pb2_grpc.CardAdminServicer):
             longitude=request.longitude,
             prices=[common_pb2.ProductPrice(product_code="95", unit_price=738)],
         )
+
+    def SetStationOfflineLimits(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._enter("SetStationOfflineLimits", request, context)
+        return _station(request.limits)
+
+    def SetCardOfflineLimit(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._enter("SetCardOfflineLimit", request, context)
+        card = _card(with_pan=self.leak_pan)
+        if request.HasField("floor_limit"):
+            card.offline_floor_limit = request.floor_limit
+        return card
+
+    def ListStations(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._enter("ListStations", request, context)
+        return admin_pb2.ListStationsResponse(stations=[
+            _station(admin_pb2.OfflineLimitSettings(floor_limit=10000)),
+            _station(admin_pb2.OfflineLimitSettings(), station_id="S2", station_class="standard", hold_ttl_s=900),
+        ])
 
     def RegisterTerminal(self, request: Any, context: grpc.ServicerContext) -> Any:
         self._enter("RegisterTerminal", request, context)
@@ -472,6 +501,63 @@ def test_register_station(cli: Harness) -> None:
     assert json.loads(result.out)["prices"] == [
         {"product_code": "95", "unit_price": "738", "effective_from_ms": "0"}
     ]
+
+
+def test_register_station_class(cli: Harness) -> None:
+    result = cli.run("register-station", "--id", "S1", "--name", "G4", "--class", "highway")
+    assert result.code == 0, result.err
+    assert cli.only_request("RegisterStation").station_class == "highway"
+    assert cli.run("register-station", "--id", "S1", "--name", "G4").code == 0
+    assert cli.fake.calls[1][1].station_class == ""  # not given: the switch keeps the current class
+    for bad in ("Highway", "a b", "x" * 33, ""):
+        assert cli.run("register-station", "--id", "S1", "--name", "G4", "--class", bad).code == 2
+    assert len(cli.fake.calls) == 2
+
+
+def test_set_offline_limits_of_a_station(cli: Harness) -> None:
+    result = cli.run("set-offline-limits", "--station", "S1", "--floor-limit", "20000", "--max-per-card-per-day", "3")
+    assert result.code == 0, result.err
+    limits = cli.only_request("SetStationOfflineLimits").limits
+    assert (limits.HasField("floor_limit"), limits.floor_limit, limits.max_per_card_per_day) == (True, 20000, 3)
+    assert not limits.HasField("max_count") and not limits.HasField("max_total")  # network defaults
+    assert "20000 fen (¥200.00)" in result.out and "200 (network default)" in result.out
+    assert "class" in result.out and "highway" in result.out and "1800 s" in result.out
+
+
+def test_set_offline_limits_of_a_card(cli: Harness) -> None:
+    result = cli.run("set-offline-limits", "--card", "C1", "--floor-limit", "0")
+    assert result.code == 0, result.err
+    request = cli.only_request("SetCardOfflineLimit")
+    assert (request.card_id, request.HasField("floor_limit"), request.floor_limit) == ("C1", True, 0)
+    assert "never offline" in result.out and PAN not in result.out
+    cleared = cli.run("--json", "set-offline-limits", "--card", "C1")
+    assert not cli.fake.calls[1][1].HasField("floor_limit")  # the station's limit applies again
+    assert "offline_floor_limit" not in json.loads(cleared.out)
+
+
+@pytest.mark.parametrize("argv", [
+    ["--card", "C1", "--max-count", "5"],
+    ["--card", "C1", "--station", "S1"],
+    [],
+    ["--station", "S1", "--floor-limit", "-1"],
+    ["--station", "S1", "--max-count", "1000001"],
+    ["--station", "S1", "--max-total", "1.5"],
+])
+def test_set_offline_limits_bad_usage(cli: Harness, argv: list[str]) -> None:
+    assert cli.run("set-offline-limits", *argv).code == 2
+    assert cli.fake.calls == []
+
+
+def test_list_stations(cli: Harness) -> None:
+    result = cli.run("list-stations", "--class", "highway")
+    assert result.code == 0, result.err
+    assert cli.only_request("ListStations").station_class == "highway"
+    rows = {line.split()[0]: line.split()[-6:] for line in result.out.splitlines() if line.strip().startswith("S")}
+    assert rows["S1"] == ["highway", "1800", "10000", "200*", "2000000*", "2*"]  # * = the network default
+    assert rows["S2"] == ["standard", "900", "30000*", "200*", "2000000*", "2*"]
+    assert "* = network default" in result.out and "2 stations" in result.out
+    document = json.loads(cli.run("--json", "list-stations").out)
+    assert [s["station_class"] for s in document["stations"]] == ["highway", "standard"]
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ from loadtest.terminal import Terminal
 from switch import settlement as S
 from switch.app import wall_clock_ms
 from switch.clearing_client import ClearingClient
+from switch.config import ServeConfig
 from switch.server import start_switch
 from tests.switch.conftest import OPERATOR_TOKEN, assert_memory_equals_database
 
@@ -383,6 +384,33 @@ async def test_reconcile_fee_tolerance_is_configurable(switch_config):
         await assert_memory_equals_database(running)
     finally:
         await running.stop(1.0)
+
+
+async def test_payments_notified_without_a_fee_are_reconciled_at_the_contracted_rate(switch_config):
+    running = await start_switch(dataclasses.replace(switch_config, channel_fee_bps="wechat=60,alipay=55"))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as ch:
+            network = await provision(ch, OPERATOR_TOKEN, terminals=1, cards=1, balance_fen=0)
+            client = ClearingClient(ch, OPERATOR_TOKEN)
+            account = network.cards[0].account_id
+            for tid, fee in [("R1", 0), ("R2", 0), ("R3", 0), ("R4", 9)]:
+                await client.submit_payment(pay(tid, account, 1_250, fee=fee))
+            # 0.6% of 12.50 yuan is 7.5 fen: 8 after rounding half up. R4's notification carried its fee.
+            report = await client.reconcile([line("R1", 1_250, fee=8), line("R2", 1_250, fee=7),
+                                             line("R3", 1_250, fee=0), line("R4", 1_250, fee=9)])
+            assert [(d.type, d.channel_txn_id) for d in report.discrepancies] == [
+                ("fee_mismatch", "R2"), ("fee_mismatch", "R3")]
+        await assert_memory_equals_database(running)
+    finally:
+        await running.stop(1.0)
+
+
+def test_contracted_fee_rates_are_parsed_and_checked():
+    assert ServeConfig(operator_token="t", channel_fee_bps="wechat=60, alipay=55").channel_fee_rates() == {
+        "wechat": 60, "alipay": 55}
+    for wrong in ("wechat", "wechat=-1", "wechat=10001", "=60"):
+        with pytest.raises(ValueError, match="channel_fee_bps"):
+            ServeConfig(operator_token="t", channel_fee_bps=wrong).validate()
 
 
 @pytest.mark.parametrize("statement", [

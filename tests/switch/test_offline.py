@@ -23,6 +23,13 @@ def _sale(card, stan: int, amount: int, now_ms: int, *, hotlist_version: int = 0
     return record
 
 
+async def _generous_station(channel, station_id: str) -> None:
+    """Bounds far above the defaults, for tests of exactly-once uploads with many sales per card."""
+    await Operator(channel, "test-operator-token").call("SetStationOfflineLimits", admin_pb2.SetStationOfflineLimitsRequest(
+        station_id=station_id, limits=admin_pb2.OfflineLimitSettings(max_count=20_000, max_total=10**10,
+                                                                     max_per_card_per_day=20_000)))
+
+
 async def _balance(channel, card) -> int:
     account = await Operator(channel, "test-operator-token").call(
         "GetAccount", admin_pb2.GetAccountRequest(account_id=card.account_id))
@@ -31,6 +38,7 @@ async def _balance(channel, card) -> int:
 
 async def test_a_batch_with_duplicates_and_a_negative_balance_moves_money_once(switch, channel, network, terminal):
     rich, poor = network.cards[0], network.cards[1]  # 100,000 fen each
+    await _generous_station(channel, network.station_id)
     now = terminal.now_ms()
     records = [_sale(rich, 10_000 + i, 1_000 + i, now) for i in range(80)]  # 83,160 fen in all
     records += [_sale(poor, 20_000 + i, 25_000, now) for i in range(5)]  # 125,000 > 100,000: goes negative
@@ -169,6 +177,7 @@ async def test_hotlist_deltas_full_snapshots_and_restart(switch, channel, networ
 
 @pytest.mark.parametrize("per_message", [1, 700], ids=["UploadOffline", "UploadOfflineBatch"])
 async def test_ten_thousand_records_twice_move_money_once(switch, channel, network, terminal, per_message):
+    await _generous_station(channel, network.station_id)
     now = terminal.now_ms()
     cards = network.cards
     records = [_sale(cards[i % 3], 100_000 + i, 9, now) for i in range(9_900)]
