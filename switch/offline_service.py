@@ -37,7 +37,7 @@ BATCH_RECORDS_MAX = 5_000  # records in one UploadOfflineBatch message
 CHUNKS_COMMITTING_MAX = 2
 # Chunks of all uploads together waiting for the journal: live decisions share its commits, so this
 # bounds how much offline work a live call can find ahead of it.
-CHUNKS_IN_JOURNAL_MAX = 3
+CHUNKS_IN_JOURNAL_MAX = 8
 
 
 def _retrieve_failure(commit: asyncio.Future[None]) -> None:
