@@ -31,6 +31,11 @@ log = logging.getLogger("fuelswitch.journal")
 
 BATCH_SUBMISSIONS_MAX = 2_048  # submissions per transaction; the rest wait for the next one
 COMMIT_TIMEOUT_S = 5.0  # a commit slower than this counts as failed: terminals get 91, not a hang
+# The server ends a transaction of ours cut off by a network partition (it cannot tell: no reset comes)
+# after this, instead of holding its row locks for ever and making every later commit wait on them.
+ORPHAN_TIMEOUT_MS = int(2 * COMMIT_TIMEOUT_S * 1000)
+ORPHAN_LIMITS_SQL = (f"SET statement_timeout = {ORPHAN_TIMEOUT_MS}; "
+                     f"SET idle_in_transaction_session_timeout = {ORPHAN_TIMEOUT_MS}")
 
 # Business records, by statement. Written in this order (parents before children), after the core's rows.
 STATEMENTS: dict[str, str] = {
@@ -177,7 +182,7 @@ class JournalWriter:
                 entries = self._ledger().drain_journal()
                 started_ns = time.perf_counter_ns()
                 try:
-                    await asyncio.wait_for(self._write(entries, batch), COMMIT_TIMEOUT_S)
+                    await self._write_in_time(entries, batch)
                 except Exception as exc:  # any failure: nothing of this batch is known to be durable
                     await self._fail(batch, exc)
                     continue
@@ -194,6 +199,24 @@ class JournalWriter:
                 self.stats.commit_histogram.observe(elapsed_ns)
                 self.stats.last_commit_ns = elapsed_ns
             self._idle.set()
+
+    async def _write_in_time(self, entries: list[JournalEntry], batch: list[_Submission]) -> None:
+        """`_write`, failed after COMMIT_TIMEOUT_S.
+
+        Cancelling is not enough: asyncpg's cancellation waits for the server to acknowledge it,
+        which a peer lost in a network partition never does. Terminating the connection ends
+        every wait on it at once (and a terminated connection can commit nothing later).
+        """
+        write = asyncio.ensure_future(self._write(entries, batch))
+        done, _ = await asyncio.wait({write}, timeout=COMMIT_TIMEOUT_S)
+        if done:
+            return write.result()
+        if self._conn is not None and _open(self._conn):
+            self._conn.terminate()
+        write.cancel()
+        await asyncio.wait({write}, timeout=COMMIT_TIMEOUT_S)  # the socket is gone: this returns at once
+        write.add_done_callback(_retrieve)
+        raise TimeoutError(f"the commit took longer than {COMMIT_TIMEOUT_S:g} s")
 
     async def _fail(self, batch: list[_Submission], exc: BaseException) -> None:
         """Fail this batch and everything queued behind it, then let the owner rebuild memory."""
@@ -218,6 +241,7 @@ class JournalWriter:
             self._conn = None  # closed while idle (the server went away): nothing of this batch was sent yet
         if self._conn is None:
             self._conn = await self._pool.acquire()
+            await self._conn.execute(ORPHAN_LIMITS_SQL)
             self._head = await _chain_head(self._conn)
         conn = self._conn
         version, key = self._keyring().current("journal")
@@ -235,6 +259,11 @@ class JournalWriter:
                     await conn.executemany(STATEMENTS[name], by_statement[name])
             await _write_messages(conn, by_statement["message"])
         self._head = head  # committed; after a failure the head is read again with a new connection
+
+
+def _retrieve(task: asyncio.Future[None]) -> None:
+    if not task.cancelled():
+        task.exception()  # a timed-out write's own error: the batch already failed for the timeout
 
 
 def _open(conn: asyncpg.Connection) -> bool:

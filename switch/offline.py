@@ -33,6 +33,7 @@ METHOD = "UploadOffline"
 MAC_TRAILER = b"\x7a\x40"  # field 15, wire type 2, length 64
 MAC_HEX_LEN = 64
 CHUNK_RECORDS = 256  # records decided at once: bounds how long one chunk holds the event loop
+HOLD_ID_DIGITS_MAX = 18  # hold ids are positive int64: anything longer is not one of ours
 NEGATIVE_REVIEW = "offline sale took the account below zero"
 DAY_MS = 24 * 3600 * 1000
 UTC8_MS = 8 * 3600 * 1000
@@ -153,7 +154,8 @@ def decide_chunk(state: SwitchState, keyring: Keyring, terminal_id: str, station
         in_chunk[stan] = digest
         code, card, reason = _check(state, keyring, now_ms, limits, record)
         if code is None and card is not None:
-            duplicate = _completed_hold(state, record)
+            hold_id = _own_hold(state, record, card)
+            duplicate = _completed_hold(state, record, hold_id)
             if duplicate is not None:
                 chunk.results.append(_result(stan, "duplicate", P.APPROVED, "the hold was completed online",
                                              duplicate))
@@ -162,7 +164,8 @@ def decide_chunk(state: SwitchState, keyring: Keyring, terminal_id: str, station
             day_count = counts.get(day_key, 0)
             code, reason = _bounds(limits, tally, day_count, record.amount)
             if code is None:
-                _release_hold(state, record)
+                if hold_id is not None:  # the sale is applied: its hold (if still open) is released
+                    state.ledger.void(hold_id)
                 counts[day_key] = day_count + 1
                 tally.count += 1
                 tally.total += record.amount
@@ -213,20 +216,25 @@ def _bounds(limits: OfflineConfig, tally: UploadTally, day_count: int, amount: i
     return None, ""
 
 
-def _completed_hold(state: SwitchState, record: pos_pb2.OfflineTransaction) -> int | None:
-    """With `hold_id`: the sale's id if that hold was completed online for this amount."""
-    if not record.hold_id.isdigit():
+def _own_hold(state: SwitchState, record: pos_pb2.OfflineTransaction, card: Card) -> int | None:
+    """The record's `hold_id` if it names a hold placed on this card; None otherwise (ignored, so a
+    record cannot release another card's hold)."""
+    text = record.hold_id
+    if not (text.isascii() and text.isdigit() and len(text) <= HOLD_ID_DIGITS_MAX):
         return None
-    completed = state.completions.get(int(record.hold_id))
+    hold_id = int(text)
+    owner = state.hold_cards.get(hold_id)
+    return hold_id if owner is not None and owner[0] == card.card_id else None
+
+
+def _completed_hold(state: SwitchState, record: pos_pb2.OfflineTransaction, hold_id: int | None) -> int | None:
+    """With its own `hold_id`: the sale's id if that hold was completed online for this amount."""
+    if hold_id is None:
+        return None
+    completed = state.completions.get(hold_id)
     if completed is not None and state.sales[completed].amount == record.amount:
         return completed
     return None
-
-
-def _release_hold(state: SwitchState, record: pos_pb2.OfflineTransaction) -> None:
-    """With `hold_id`: the sale is applied, so its hold (if still open) is released."""
-    if record.hold_id.isdigit():
-        state.ledger.void(int(record.hold_id))  # an open hold is released; any other state is left as it is
 
 
 def _apply(state: SwitchState, keyring: Keyring, terminal_id: str, station_id: str, now_ms: int,
@@ -248,7 +256,7 @@ def _apply(state: SwitchState, keyring: Keyring, terminal_id: str, station_id: s
         negative = status is Status.OK_NEGATIVE
         account = sale.card.account_id
         state.sales[sale.txn_id] = Sale(sale.txn_id, account, sale.card.card_id, station_id, record.amount)
-        original = int(record.hold_id) if record.hold_id.isdigit() else None
+        original = _own_hold(state, record, sale.card)
         chunk.records.append(("offline_sale", (
             sale.txn_id, "offline_sale", account, sale.card.card_id, terminal_id, station_id, stan, record.amount,
             record.volume_ml, record.product_code, record.unit_price, original, None, P.APPROVED, now_ms,

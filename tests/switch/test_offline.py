@@ -192,3 +192,20 @@ async def test_ten_thousand_records_twice_move_money_once(switch, channel, netwo
     for n, card in enumerate(cards[:3]):
         assert await _balance(channel, card) == 100_000 - 9 * len(range(n, 9_900, 3))
     assert await _balance(channel, cards[3]) == -20_000
+
+
+async def test_a_hold_id_that_is_not_this_cards_hold_is_ignored(switch, channel, network, terminal):
+    await _generous_station(channel, network.station_id)  # three sales of one card today
+    mine, other = network.cards[0], network.cards[1]
+    hold = (await terminal.authorize(other.pan, other.pin, 20_000, "92")).response
+    assert hold.response_code == "00"
+    now = terminal.now_ms()
+    records = [_sale(mine, 60_001, 500, now, hold_id=hold.hold_id),  # another card's hold
+               _sale(mine, 60_002, 500, now, hold_id="\u00b2"),  # a digit to str.isdigit, not to int()
+               _sale(mine, 60_003, 500, now, hold_id="9" * 40)]  # beyond int64
+    result = await terminal.upload_offline(records)
+    assert (result.applied, result.rejected) == (3, 0)
+    assert await _balance(channel, mine) == 100_000 - 1_500
+    account = await Operator(channel, "test-operator-token").call(
+        "GetAccount", admin_pb2.GetAccountRequest(account_id=other.account_id))
+    assert account.held == 20_000  # the other card's hold is still open
