@@ -196,10 +196,9 @@ if _GROUP == NULL or _SM3 == NULL:
     raise ImportError("this OpenSSL has no SM2 curve or no SM3 digest")
 cdef const BIGNUM* _ORDER = EC_GROUP_get0_order(_GROUP)
 cdef const EC_POINT* _G = EC_GROUP_get0_generator(_GROUP)
-cdef BIGNUM* _ZERO = BN_new()  # BN_new() is 0
 # Multiples of G, computed once (about 0.5 ms): OpenSSL's wNAF multiplication uses them for the
 # s*G half of s*G + t*P in verify, where both scalars are public.
-if _ZERO == NULL or EC_GROUP_precompute_mult(_GROUP, NULL) != 1 or not EC_GROUP_have_precompute_mult(_GROUP):
+if EC_GROUP_precompute_mult(_GROUP, NULL) != 1 or not EC_GROUP_have_precompute_mult(_GROUP):
     raise ImportError("OpenSSL could not precompute multiples of the SM2 base point")
 cdef unsigned char _CURVE_FIELDS[CURVE_FIELDS]
 
