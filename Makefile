@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 BUILD_INPUTS := setup.py pyproject.toml $(wildcard core/*.pyx core/*.pxd core/*.pxi switch/*.pyx proto/fuelswitch/v1/*.proto)
 
-.PHONY: all install test demo bench lint clean
+.PHONY: all install protos test demo bench lint clean
 
 all: test
 
@@ -20,6 +20,11 @@ $(STAMP): $(BIN)/python $(BUILD_INPUTS)
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# After editing a .proto or .pyx: regenerate the protos and rebuild changed extensions in place
+# (quicker than a reinstall).
+protos: $(STAMP)
+	$(BIN)/python setup.py -q build_ext --inplace
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests --ignore=tests/bench
