@@ -96,6 +96,7 @@ class CardAdmin:
         require_operator(context, self._token)
 
     def _writable(self) -> None:
+        """Memory may be changed, or read as committed: not while a rebuild runs (it is pre-failure then)."""
         if not self.app.available:
             raise OperatorError(grpc.StatusCode.UNAVAILABLE, "the switch is recovering; retry")
 
@@ -116,6 +117,7 @@ class CardAdmin:
         return self._account(account_id)
 
     async def get_account(self, req: admin_pb2.GetAccountRequest, _: Any) -> admin_pb2.Account:
+        self._writable()
         return self._account(self._known_account(req.account_id))
 
     def _known_account(self, text: str) -> int:
@@ -193,6 +195,7 @@ class CardAdmin:
         return _card_message(card, full_pan=pan)
 
     async def get_card(self, req: admin_pb2.GetCardRequest, _: Any) -> admin_pb2.Card:
+        self._writable()
         return _card_message(self._card(req.card_id))
 
     def _card(self, text: str) -> Card:

@@ -430,6 +430,7 @@ class Clearing:
         del rows
         result = await asyncio.to_thread(R.match, statement, channel, date, journal, journal_net, tolerance,
                                          self.app.config.channel_fee_bps.get(channel))
+        R.refuse_nul(result)  # before any query or INSERT carries a line's text
         async with self.app.pool.acquire() as conn:
             await R.other_dates(conn, result)
             run_id = await R.store_run(conn, result, tolerance, self.app.clock_ms())

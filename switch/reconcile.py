@@ -235,6 +235,18 @@ _DISCREPANCY_COLUMNS = ["run_id", "seq", "type", "channel_txn_id", "kind", "stat
                         "statement_fee", "journal_fee", "statement_status", "journal_status", "message", "detail"]
 
 
+def refuse_nul(result: Match) -> None:
+    """A statement line whose stored text holds U+0000 (PostgreSQL text cannot) is refused by name.
+
+    Lines are not walked for NUL as they stream in (millions of them); only what a run stores is checked.
+    """
+    for seq, f in enumerate(result.found, start=1):
+        texts = (f.channel_txn_id, f.kind, f.statement_status, f.journal_status, f.message, json.dumps(f.detail))
+        if any("\x00" in text or "\\u0000" in text for text in texts):
+            raise RequestInvalid(f"statement line {f.channel_txn_id[:64]!r} (discrepancy {seq}) "
+                                 "contains a NUL character")
+
+
 async def store_run(conn: asyncpg.Connection, result: Match, fee_tolerance: int, now_ms: int) -> int:
     async with conn.transaction():
         run_id: int = await conn.fetchval(

@@ -49,3 +49,54 @@ async def test_operator_requests_that_do_not_parse_are_invalid_argument(switch, 
         await call(b"\x0a\xff\xff", metadata=(("authorization", f"Bearer {OPERATOR_TOKEN}"),), timeout=10)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "does not parse" in (refused.value.details() or "")
+
+
+async def test_statement_line_with_nul_is_refused_by_name_and_stores_no_run(switch, channel):
+    """Streamed statement lines are not walked for NUL as they arrive; a discrepancy holding one failed
+    the run's INSERT with INTERNAL. It is now INVALID_ARGUMENT naming the line, and no run is stored."""
+    from switch.clearing_client import ClearingClient
+    from tests.switch.test_clearing import line
+
+    client = ClearingClient(channel, OPERATOR_TOKEN)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await client.reconcile([line("X\x001", 1_234)])
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "NUL" in (refused.value.details() or "")
+    async with switch.app.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM reconciliation_runs") == 0
+    clean = await client.reconcile([line("X1", 1_234)])
+    assert clean.missing_here == 1
+
+
+async def test_get_account_during_a_rebuild_is_unavailable_not_pre_failure_memory(switch, channel, network, terminal,
+                                                                                  monkeypatch):
+    """While recovery rebuilds memory, memory still holds the failed batch's decisions: reads must wait."""
+    import switch.app as app_module
+
+    card = network.cards[0]
+    operator = Operator(channel, OPERATOR_TOKEN)
+    writer = switch.app.writer
+    real_write, real_load = writer._write, app_module.load_state
+    rebuild_may_finish, rebuilding = asyncio.Event(), asyncio.Event()
+
+    async def failing_write(entries, batch):
+        raise ConnectionResetError("simulated loss of the database connection")
+
+    async def held_load(conn, now_ms):
+        rebuilding.set()
+        await rebuild_may_finish.wait()
+        return await real_load(conn, now_ms)
+
+    writer._write = failing_write
+    monkeypatch.setattr(app_module, "load_state", held_load)
+    assert (await terminal.authorize(card.pan, card.pin, 30_000, "92")).response.response_code == "91"
+    await asyncio.wait_for(rebuilding.wait(), 10)
+    get = admin_pb2.GetAccountRequest(account_id=card.account_id)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await operator.call("GetAccount", get)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    writer._write = real_write
+    rebuild_may_finish.set()
+    await asyncio.wait_for(switch.app.serving.wait(), 10)
+    account = await operator.call("GetAccount", get)
+    assert (account.balance, account.held) == (100_000, 0)
