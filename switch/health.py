@@ -121,6 +121,10 @@ class HealthMonitor:
         except Exception as exc:  # refused, timed out, terminated, database gone: all mean unreachable
             if self.database_up:
                 log.warning("database unreachable: %s", exc)
+                # Connections opened before may be dead without knowing it: the first commit after the
+                # database is back must not be the one that finds out (and answers 91).
+                await self.app.writer.forget_idle_connection()
+                await self.app.pool.expire_connections()
             await self._close()
             return False
         if not self.database_up and self.database_checked_ms:

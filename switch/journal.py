@@ -166,6 +166,15 @@ class JournalWriter:
                 pass
         await self._drop_connection()
 
+    async def forget_idle_connection(self) -> None:
+        """Drop the writer's connection if no batch is using it (the database was seen unreachable).
+
+        A connection that died while idle, silently in a partition, would otherwise be found dead only
+        by the next commit, which then times out and answers 91 although the database is back.
+        """
+        if self._idle.is_set() and not self._queue:
+            await self._drop_connection()
+
     async def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None and _open(conn):

@@ -143,3 +143,36 @@ async def test_a_database_that_never_answers_is_unreachable_within_the_probe_tim
             writer.close()
         hole.close()
         await hole.wait_closed()
+
+
+async def test_first_request_after_an_idle_partition_is_approved_not_91(switch_config):
+    """No traffic while the database was partitioned away (connections silently dead): the probe notices,
+    the writer drops its idle connection, and the first decision after the heal commits on a fresh one."""
+    from loadtest.faultproxy import FaultProxy
+
+    host, port = switch_config.dsn.rsplit("@", 1)[1].split("/", 1)[0].rsplit(":", 1)
+    proxy = FaultProxy(host, int(port))
+    await proxy.start()
+    running = await start_switch(dataclasses.replace(switch_config, dsn=proxy.dsn(switch_config.dsn),
+                                                     db_probe_interval_s=0.1))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            network = await provision(channel, OPERATOR_TOKEN, terminals=1, cards=1, balance_fen=100_000)
+            spec, card = network.terminals[0], network.cards[0]
+            terminal = Terminal(channel, spec.terminal_id, spec.private_key_hex, spec.public_key_hex)
+            await terminal.sign_on()
+            assert (await terminal.authorize(card.pan, card.pin, 1_000, "92")).response.response_code == "00"
+
+            proxy.blackhole(discard=True)  # every open connection now silently dead
+            await _wait_for(channel, NOT_SERVING)
+            proxy.pass_through()
+            await _wait_for(channel, SERVING)
+            started = time.monotonic()
+            answer = (await terminal.authorize(card.pan, card.pin, 1_000, "92")).response
+            assert answer.response_code == "00", answer
+            assert time.monotonic() - started < 2.0  # not a commit timeout on a dead connection
+            assert running.app.writer.stats.failures == 0
+    finally:
+        await assert_memory_equals_database(running)
+        await running.stop(0.5)
+        await proxy.close()
