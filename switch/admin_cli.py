@@ -29,6 +29,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any, TextIO
 
 import grpc
@@ -39,6 +40,9 @@ from rich import box
 from rich.console import Console, JustifyMethod
 from rich.table import Table
 from rich.text import Text
+
+from switch import operator_channel
+from switch.operator_channel import ENV_TLS_CA
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
@@ -317,6 +321,11 @@ def _global_options(*, suppress: bool) -> argparse.ArgumentParser:
         default=default,
         help=f"deadline of each call in seconds (default {DEFAULT_TIMEOUT_S:g})",
     )
+    for flag, text in (("--tls-ca", "connect with TLS, trusting this CA for the switch's certificate "
+                                    f"(default: ${ENV_TLS_CA})"),
+                       ("--tls-cert", "client certificate chain, for a switch started with --tls-client-ca"),
+                       ("--tls-key", "private key of --tls-cert")):
+        group.add_argument(flag, metavar="PEM", type=Path, default=default, help=text)
     return parent
 
 
@@ -1253,7 +1262,7 @@ def main(argv: list[str], *, stdout: TextIO | None = None, stderr: TextIO | None
     timeout = args.timeout if args.timeout is not None else DEFAULT_TIMEOUT_S
 
     try:
-        with grpc.insecure_channel(target) as channel:
+        with operator_channel.channel(target, args) as channel:
             session = _Session(
                 stub=admin_pb2_grpc.CardAdminStub(channel),
                 metadata=(("authorization", f"Bearer {token}"),),
@@ -1268,7 +1277,7 @@ def main(argv: list[str], *, stdout: TextIO | None = None, stderr: TextIO | None
                 args.handler(session, args)
             except grpc.RpcError as exc:
                 return _report_rpc_error(err, exc, session, args.command)
-    except UsageError as exc:
+    except (UsageError, operator_channel.TlsOptionsError) as exc:
         print(f"error: {exc}", file=err)
         return EXIT_USAGE
     except ProtocolError as exc:

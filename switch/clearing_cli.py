@@ -38,6 +38,7 @@ from ext.errors import ChannelError
 from ext.records import CHANNELS, StatementLine
 from ext.unionpay_zm import parse_zm
 from ext.wechat_bill import parse_bill
+from switch import operator_channel
 from switch.admin_cli import DEFAULT_TARGET, ENV_TARGET, ENV_TOKEN, format_yuan_symbol
 from switch.clearing_client import ClearingClient
 from switch.reconcile import TYPES
@@ -217,6 +218,7 @@ def _connection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token", help=f"operator token (prefer ${ENV_TOKEN}: command lines are visible)")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="deadline of each call, s")
     parser.add_argument("--json", action="store_true", help="one JSON document for scripts")
+    operator_channel.add_tls_arguments(parser)
 
 
 def _parsers() -> dict[str, tuple[argparse.ArgumentParser, Callable[..., Any]]]:
@@ -289,7 +291,7 @@ def main(argv: list[str], *, stdout: TextIO | None = None, stderr: TextIO | None
     target = args.target or os.environ.get(ENV_TARGET) or DEFAULT_TARGET
 
     async def run() -> int:
-        async with grpc.aio.insecure_channel(target) as channel:
+        async with operator_channel.aio_channel(target, args) as channel:
             return int(await command(ClearingClient(channel, token, timeout_s=args.timeout), args, out))
 
     try:
@@ -301,6 +303,6 @@ def main(argv: list[str], *, stdout: TextIO | None = None, stderr: TextIO | None
     except ChannelError as exc:
         print(f"error: the statement is not a valid {getattr(args, 'channel', '')} statement: {exc}", file=err)
         print("nothing was reconciled (no run stored)", file=err)
-    except (UsageError, OSError, ValueError) as exc:
+    except (UsageError, OSError, ValueError) as exc:  # ValueError includes operator_channel.TlsOptionsError
         print(f"error: {exc}", file=err)
     return EXIT_ERROR

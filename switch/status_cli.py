@@ -18,6 +18,8 @@ import grpc
 from fuelswitch.v1 import admin_pb2, admin_pb2_grpc
 from google.protobuf import json_format
 
+from switch import operator_channel
+
 ENV_TARGET = "FUELSWITCH_TARGET"
 ENV_TOKEN = "FUELSWITCH_OPERATOR_TOKEN"
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -36,11 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print SwitchStatus as one JSON document")
     parser.add_argument("--timeout", metavar="S", type=float, default=DEFAULT_TIMEOUT_S,
                         help=f"seconds to wait for the answer (default {DEFAULT_TIMEOUT_S:g})")
+    operator_channel.add_tls_arguments(parser)
     return parser
 
 
-def fetch(target: str, token: str, timeout_s: float) -> admin_pb2.SwitchStatus:
-    with grpc.insecure_channel(target) as channel:
+def fetch(target: str, token: str, timeout_s: float, args: argparse.Namespace) -> admin_pb2.SwitchStatus:
+    with operator_channel.channel(target, args) as channel:
         stub = admin_pb2_grpc.CardAdminStub(channel)
         status: admin_pb2.SwitchStatus = stub.GetStatus(
             admin_pb2.GetStatusRequest(), metadata=(("authorization", f"Bearer {token}"),), timeout=timeout_s)
@@ -93,7 +96,10 @@ def main(argv: list[str], *, stdout: TextIO | None = None, stderr: TextIO | None
         print(f"error: no operator token: pass --token TOKEN or set {ENV_TOKEN}", file=err)
         return EXIT_USAGE
     try:
-        status = fetch(target, token, args.timeout)
+        status = fetch(target, token, args.timeout, args)
+    except operator_channel.TlsOptionsError as exc:
+        print(f"error: {exc}", file=err)
+        return EXIT_USAGE
     except grpc.RpcError as exc:
         code = exc.code() if callable(getattr(exc, "code", None)) else None
         details = exc.details() if callable(getattr(exc, "details", None)) else ""

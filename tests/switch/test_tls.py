@@ -119,3 +119,41 @@ def test_plaintext_is_refused_off_loopback(tmp_path):
         ServeConfig(operator_token="t", tls_cert=tmp_path / "c.pem").validate()
     ServeConfig(listen="0.0.0.0:50051", operator_token="t", tls_cert=tmp_path / "c.pem",
                 tls_key=tmp_path / "k.pem").validate()
+
+
+async def test_operator_clis_connect_over_tls_with_a_client_certificate(switch_config, pki):
+    import asyncio
+    import io
+    import json
+
+    from switch import admin_cli, status_cli
+
+    folder, _, client = pki
+    cert, key = client("operator")
+    (folder / "op.pem").write_bytes(cert)
+    (folder / "op.key").write_bytes(key)
+    config = dataclasses.replace(switch_config, tls_cert=folder / "cert.pem", tls_key=folder / "key.pem",
+                                 tls_client_ca=folder / "ca.pem")
+    running = await start_switch(config)
+    target = f"127.0.0.1:{running.port}"
+    tls = ["--tls-ca", str(folder / "ca.pem"), "--tls-cert", str(folder / "op.pem"), "--tls-key", str(folder / "op.key")]
+
+    async def run(main, argv):
+        out, err = io.StringIO(), io.StringIO()
+        code = await asyncio.to_thread(main, argv, stdout=out, stderr=err)
+        return code, out.getvalue(), err.getvalue()
+
+    try:
+        code, out, _ = await run(status_cli.main, ["--target", target, "--token", OPERATOR_TOKEN, "--json", *tls])
+        assert code == 0 and '"serving": "SERVING"' in out
+        code, out, _ = await run(admin_cli.main, ["--target", target, "--token", OPERATOR_TOKEN, "--json",
+                                                  "create-account", "--kind", "personal", "--holder", "王五", *tls])
+        assert code == 0 and json.loads(out)["holder_name"] == "王五"
+        # Without the CA the CLI speaks plaintext to a TLS listener: no answer, said plainly.
+        code, _, err = await run(status_cli.main, ["--target", target, "--token", OPERATOR_TOKEN, "--timeout", "2"])
+        assert code == status_cli.EXIT_UNREACHABLE and "no answer" in err
+        code, _, err = await run(status_cli.main, ["--target", target, "--token", OPERATOR_TOKEN,
+                                                   "--tls-cert", str(folder / "op.pem")])
+        assert code == status_cli.EXIT_USAGE and "--tls-key" in err
+    finally:
+        await running.stop(1.0)
