@@ -52,8 +52,12 @@ async def provision(
     pin: str = "123456",
     per_txn_limit: int = 0,
     partial_allowed: bool = True,
+    reference_prefix: str = "",
 ) -> Network:
+    """`reference_prefix` makes the funding top-ups' references unique, so that provisioning again
+    on the same host (a second load run) is not refused as a reused reference."""
     op = Operator(channel, token)
+    prefix = reference_prefix or f"provision-{station_id}"
     await op.call(
         "RegisterStation",
         admin_pb2.RegisterStationRequest(
@@ -95,7 +99,7 @@ async def provision(
                 admin_pb2.TopUpRequest(
                     account_id=account.account_id,
                     amount=balance_fen,
-                    reference=f"provision-{station_id}-{n}",
+                    reference=f"{prefix}-{n}",
                 ),
             )
         card_specs.append(CardSpec(card.pan, pin, balance_fen, card.card_id, account.account_id))

@@ -21,6 +21,12 @@ leaves no open holds behind (the next run may reuse the cards with the balances 
 - Latency is recorded per RPC in microseconds (sign-on excluded). Errors are gRPC errors, bad
   response MACs and unexpected response codes; mismatches are wrong values in an expected answer.
   A card with an error or a mismatch is retired (the model no longer knows its state).
+- `LoadOptions.mix` (a `loadtest.mix.Mix`) replaces the plain Authorize+Complete pair by a weighted
+  choice of operations per step (`loadtest.operations`: cancel, purchase, inquiry, top-up, offline
+  upload), each checked against the same model. `LoadOptions.audit` ends every lane with a
+  BalanceInquiry per card (not counted in the figures), so that drift no reply exposed is caught.
+- `progress` (a callable) receives a `Progress` snapshot about once a second, also from client
+  processes, for a live display.
 """
 
 from __future__ import annotations
@@ -32,9 +38,10 @@ import queue
 import random
 import time
 import traceback
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import grpc
 import grpc.aio
@@ -42,6 +49,9 @@ from hdrh.histogram import HdrHistogram
 
 from loadtest.terminal import CALL_TIMEOUT_S, Terminal, TerminalError, luhn_check_digit
 from switch import sm2
+
+if TYPE_CHECKING:
+    from loadtest.mix import Mix
 
 LATENCY_MIN_US = 1
 LATENCY_MAX_US = 60_000_000  # one minute; a slower reply is clamped into the top bucket
@@ -52,6 +62,7 @@ SIGNONS_IN_FLIGHT_MAX = 8  # SM2 costs ~20 ms per sign-on on each side: do not q
 PUMPS_MAX = 99
 DEFAULT_UNIT_PRICE_FEN = 738  # ¥7.38/L when the host reports no list price
 VOLUME_MIN_ML = 1_000
+AUTH_COMPLETE = "auth_complete"  # the operation the plain workload repeats (and the baseline serves)
 
 
 class TerminalSpec(NamedTuple):
@@ -99,6 +110,22 @@ class LoadOptions:
     signon_timeout_s: float = SIGNON_TIMEOUT_S
     call_timeout_s: float = CALL_TIMEOUT_S
     require_response_mac: bool = True
+    mix: Mix | None = None  # None: Authorize+Complete only (the baseline's whole protocol)
+    operator_token: str = ""  # CardAdmin token, needed by the "topup" operation
+    audit: bool = False  # a final BalanceInquiry per card (targets that implement it)
+    progress_interval_s: float = 1.0
+    run_tag: str = ""  # makes top-up references unique per run (a replay must not hit old ones)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A live snapshot of a run, summed over all client processes."""
+
+    elapsed_s: float
+    rpcs: int
+    errors: int
+    mismatches: int
+    histogram: HdrHistogram
 
 
 @dataclass
@@ -121,6 +148,9 @@ class LoadResult:
     problems: list[str]
     final_balances: dict[str, int] = field(repr=False)
     histogram: HdrHistogram = field(repr=False)
+    operations: dict[str, dict[str, int]] = field(default_factory=dict)  # name -> count, declined
+    timeline: list[int] = field(default_factory=list, repr=False)  # RPCs completed per 1 s bucket
+    audited: int = 0  # cards whose final balance was read back and matched
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -139,6 +169,8 @@ class LoadResult:
             "rpc_per_s": round(self.rpc_per_s, 1),
             "pairs_per_s": round(self.pairs_per_s, 1),
             "latency_ms": self.latency_ms,
+            "operations": self.operations,
+            "audited": self.audited,
             "problems": self.problems,
         }
 
@@ -178,6 +210,8 @@ class _Card:
     pin: str
     balance: int  # the model: what the account must hold (no holds between pairs)
     retired: bool = False
+    account_id: str = ""  # for CardAdmin calls (top-ups); "" when the caller did not provide it
+    offline_per_day: Counter[int] = field(default_factory=Counter)  # applied offline sales by day
 
 
 @dataclass(frozen=True)
@@ -225,11 +259,21 @@ class _Stats:
         self.mismatches = 0
         self.problems: list[str] = []
         self.histogram = HdrHistogram(LATENCY_MIN_US, LATENCY_MAX_US, LATENCY_SIGNIFICANT_DIGITS)
+        self.operations: Counter[str] = Counter()
+        self.operation_declines: Counter[str] = Counter()
+        self.timeline: list[int] = []
+        self.audited = 0
+        self.started_ns = time.perf_counter_ns()  # reset at the start signal
 
     def latency(self, started_ns: int) -> None:
         self.rpcs += 1
-        elapsed_us = (time.perf_counter_ns() - started_ns) // 1_000
+        now = time.perf_counter_ns()
+        elapsed_us = (now - started_ns) // 1_000
         self.histogram.record_value(min(max(elapsed_us, LATENCY_MIN_US), LATENCY_MAX_US))
+        second = (now - self.started_ns) // 1_000_000_000
+        while len(self.timeline) <= second:
+            self.timeline.append(0)
+        self.timeline[second] += 1
 
     def problem(self, kind: str, text: str) -> None:
         if kind == "error":
@@ -248,6 +292,19 @@ class _Stats:
             "mismatches": self.mismatches,
             "problems": self.problems,
             "histogram": self.histogram.encode(),
+            "operations": dict(self.operations),
+            "operation_declines": dict(self.operation_declines),
+            "timeline": self.timeline,
+            "audited": self.audited,
+        }
+
+    def progress_wire(self) -> dict[str, Any]:
+        return {
+            "elapsed_s": (time.perf_counter_ns() - self.started_ns) / 1e9,
+            "rpcs": self.rpcs,
+            "errors": self.errors,
+            "mismatches": self.mismatches,
+            "histogram": self.histogram.encode(),
         }
 
 
@@ -264,8 +321,13 @@ async def _pair(
     pump: int,
     options: LoadOptions,
     stats: _Stats,
-) -> None:
-    """One Authorize (+ Complete when approved), every reply checked against the model."""
+    *,
+    then_cancel: bool = False,
+) -> bool:
+    """One Authorize (+ Complete, or Cancel, when approved), every reply checked against the model.
+
+    Returns True when the model predicted a decline (51) and got it.
+    """
     amount = rng.randint(options.amount_min_fen, options.amount_max_fen)
     expected = "00" if amount <= card.balance else "51"
     where = f"{terminal.terminal_id} card …{card.pan[-4:]}"
@@ -275,7 +337,7 @@ async def _pair(
     except (grpc.aio.AioRpcError, TerminalError) as exc:
         stats.problem("error", f"{where} Authorize: {_describe(exc)}")
         card.retired = True
-        return
+        return False
     stats.latency(started)
     auth = sent.response
     if auth.response_code != expected:
@@ -286,7 +348,7 @@ async def _pair(
         )
         card.retired = True
         if auth.response_code not in ("00", "10"):
-            return
+            return False
     elif expected == "51":
         stats.declines += 1
         if auth.available_balance != card.balance:
@@ -294,7 +356,7 @@ async def _pair(
                 "mismatch", f"{where} 51 available {auth.available_balance} != {card.balance}"
             )
             card.retired = True
-        return
+        return True
     elif (auth.approved_amount, auth.available_balance) != (
         amount,
         card.balance - amount,
@@ -306,9 +368,33 @@ async def _pair(
             f"{card.balance - amount}, hold {auth.hold_id!r}",
         )
         card.retired = True
+    if then_cancel:
+        await _cancel(terminal, card, auth.hold_id, stats)
+        return False
     await _complete(
         terminal, card, rng, auth.hold_id, auth.approved_amount, auth.unit_price, options, stats
     )
+    return False
+
+
+async def _cancel(terminal: Terminal, card: _Card, hold_id: str, stats: _Stats) -> None:
+    """Void the hold: "00", and the model's balance is untouched (the hold is released)."""
+    where = f"{terminal.terminal_id} card …{card.pan[-4:]}"
+    started = time.perf_counter_ns()
+    try:
+        sent = await terminal.cancel(hold_id)
+    except (grpc.aio.AioRpcError, TerminalError) as exc:
+        stats.problem("error", f"{where} Cancel {hold_id}: {_describe(exc)}")
+        card.retired = True
+        return
+    stats.latency(started)
+    if sent.response.response_code != "00":
+        stats.problem(
+            "error",
+            f"{where} Cancel {hold_id} stan {sent.stan}: {sent.response.response_code} "
+            f"({sent.response.message}), model expected 00",
+        )
+        card.retired = True
 
 
 async def _complete(
@@ -370,14 +456,64 @@ async def _run_lane(
     deadline: float,
     options: LoadOptions,
     stats: _Stats,
+    kit: Any = None,
 ) -> None:
+    """Steps until the deadline: a card, then (with a mix) an operation, both drawn from the seed."""
     rng = random.Random(f"{seed}:{lane.number}")
     pump = lane.number % PUMPS_MAX + 1
+    context = kit.lane(terminal, rng, pump, lane.number, stats) if kit is not None else None
     while time.monotonic() < deadline:
         live = [card for card in cards if not card.retired]
         if not live:
-            return
-        await _pair(terminal, rng.choice(live), rng, pump, options, stats)
+            break
+        card = rng.choice(live)
+        if context is None:
+            name = AUTH_COMPLETE
+            declined = await _pair(terminal, card, rng, pump, options, stats)
+        else:
+            assert options.mix is not None
+            name = options.mix.pick(rng)
+            declined = await kit.run(name, context, card)
+        stats.operations[name] += 1
+        if declined:
+            stats.operation_declines[name] += 1
+    if options.audit:
+        await _audit(terminal, cards, stats)
+
+
+async def _audit(terminal: Terminal, cards: list[_Card], stats: _Stats) -> None:
+    """Read back every card the model still knows: balance and available must equal the model."""
+    for card in cards:
+        if card.retired:
+            continue
+        where = f"{terminal.terminal_id} card …{card.pan[-4:]}"
+        try:
+            sent = await terminal.balance_inquiry(card.pan, card.pin)
+        except (grpc.aio.AioRpcError, TerminalError) as exc:
+            stats.problem("error", f"{where} audit BalanceInquiry: {_describe(exc)}")
+            continue
+        reply = sent.response
+        if reply.response_code != "00":
+            stats.problem(
+                "error", f"{where} audit BalanceInquiry: {reply.response_code} ({reply.message})"
+            )
+        elif (reply.balance, reply.available) != (card.balance, card.balance):
+            stats.problem(
+                "mismatch",
+                f"{where} audit: balance {reply.balance}/{card.balance}, available "
+                f"{reply.available}/{card.balance}",
+            )
+        else:
+            stats.audited += 1
+
+
+async def _report_progress(
+    stats: _Stats, report: Callable[[dict[str, Any]], None], interval_s: float
+) -> None:
+    """Hand a snapshot to `report` every interval (a display clock, not synchronisation)."""
+    while True:
+        await asyncio.sleep(interval_s)
+        report(stats.progress_wire())
 
 
 async def _run_share(
@@ -388,12 +524,14 @@ async def _run_share(
     seed: int,
     options: LoadOptions,
     wait_for_start: Any = None,
+    report: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Sign on this share's terminals, wait for the start signal, run its lanes."""
     stats = _Stats()
     channels = [
         grpc.aio.insecure_channel(target) for _ in range(max(1, options.channels_per_process))
     ]
+    reporter: asyncio.Task[None] | None = None
     try:
         clients = {
             index: Terminal(
@@ -418,12 +556,28 @@ async def _run_share(
         for client, result in zip(clients.values(), results, strict=True):
             if isinstance(result, BaseException):
                 stats.problem("error", f"{client.terminal_id} SignOn: {_describe(result)}")
+        kit = None
+        if options.mix is not None:
+            from loadtest import operations  # imports this module: load it only when needed
+
+            kit = await operations.prepare(
+                channels[0], [c for c in clients.values() if c.signed_on], options
+            )
         if wait_for_start is not None:
             await wait_for_start()
         models = {
-            lane.number: [_Card(c.pan, c.pin, c.balance_fen) for c in lane.cards] for lane in lanes
+            lane.number: [
+                _Card(c.pan, c.pin, c.balance_fen, account_id=getattr(c, "account_id", ""))
+                for c in lane.cards
+            ]
+            for lane in lanes
         }
         started = time.monotonic()
+        stats.started_ns = time.perf_counter_ns()
+        if report is not None:
+            reporter = asyncio.create_task(
+                _report_progress(stats, report, options.progress_interval_s)
+            )
         deadline = started + duration_s
         await asyncio.gather(
             *(
@@ -435,6 +589,7 @@ async def _run_share(
                     deadline,
                     options,
                     stats,
+                    kit,
                 )
                 for lane in lanes
                 if clients[lane.terminal].signed_on
@@ -442,6 +597,10 @@ async def _run_share(
         )
         elapsed = time.monotonic() - started
     finally:
+        if reporter is not None:
+            reporter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reporter
         for channel in channels:
             await channel.close()
     wire = stats.to_wire()
@@ -460,6 +619,7 @@ def _child_main(
     options: LoadOptions,
     barrier: Any,
     results: Any,
+    live: bool = False,
 ) -> None:
     """Entry point of one spawned client process: its own uvloop event loop."""
     import uvloop
@@ -469,9 +629,21 @@ def _child_main(
             None, barrier.wait, options.signon_timeout_s
         )
 
+    def report(snapshot: dict[str, Any]) -> None:
+        results.put((number, PROGRESS_MESSAGE, snapshot))
+
     try:
         wire = uvloop.run(
-            _run_share(target, terminals, lanes, duration_s, seed, options, wait_for_start)
+            _run_share(
+                target,
+                terminals,
+                lanes,
+                duration_s,
+                seed,
+                options,
+                wait_for_start,
+                report if live else None,
+            )
         )
         results.put((number, wire))
     except BaseException:
@@ -492,8 +664,12 @@ async def run_pos_load(
     *,
     processes: int = 1,
     options: LoadOptions | None = None,
+    progress: Callable[[Progress], None] | None = None,
 ) -> LoadResult:
-    """Run the self-checking Authorize+Complete load against `target` (HOST:PORT)."""
+    """Run the self-checking load against `target` (HOST:PORT).
+
+    `progress`, if given, is called about every `options.progress_interval_s` with a snapshot.
+    """
     options = options or LoadOptions()
     lanes = _plan(terminals, cards, in_flight)
     used = sorted({lane.terminal for lane in lanes})
@@ -505,10 +681,30 @@ async def run_pos_load(
             ({t: terminals[t] for t in mine}, [lane for lane in lanes if lane.terminal in mine])
         )
     if processes == 1:
-        wires = [await _run_share(target, *shares[0], duration_s, seed, options)]
+        report = None
+        if progress is not None:
+            report = lambda snapshot: progress(_progress([snapshot]))  # noqa: E731
+        wires = [await _run_share(target, *shares[0], duration_s, seed, options, None, report)]
     else:
-        wires = await _run_processes(target, shares, duration_s, seed, options)
+        wires = await _run_processes(target, shares, duration_s, seed, options, progress)
     return _merge(target, seed, processes, in_flight, len(used), len(cards), wires)
+
+
+PROGRESS_MESSAGE = "progress"
+
+
+def _progress(snapshots: Sequence[dict[str, Any]]) -> Progress:
+    """One snapshot summed from the latest of each process (histograms travel encoded)."""
+    histogram = HdrHistogram(LATENCY_MIN_US, LATENCY_MAX_US, LATENCY_SIGNIFICANT_DIGITS)
+    for snapshot in snapshots:
+        histogram.decode_and_add(snapshot["histogram"])
+    return Progress(
+        elapsed_s=max(s["elapsed_s"] for s in snapshots),
+        rpcs=sum(s["rpcs"] for s in snapshots),
+        errors=sum(s["errors"] for s in snapshots),
+        mismatches=sum(s["mismatches"] for s in snapshots),
+        histogram=histogram,
+    )
 
 
 async def _run_processes(
@@ -517,15 +713,17 @@ async def _run_processes(
     duration_s: float,
     seed: int,
     options: LoadOptions,
+    progress: Callable[[Progress], None] | None = None,
 ) -> list[dict[str, Any]]:
     # spawn, not fork: gRPC's C core does not survive fork() of a process that used it.
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(len(shares))
     results = context.Queue()
+    live = progress is not None
     children = [
         context.Process(
             target=_child_main,
-            args=(number, target, terms, lanes, duration_s, seed, options, barrier, results),
+            args=(number, target, terms, lanes, duration_s, seed, options, barrier, results, live),
             name=f"loadtest-client-{number}",
             daemon=True,
         )
@@ -535,20 +733,36 @@ async def _run_processes(
         child.start()
     # Bound the wait: sign-on + run + one call timeout for the last pair (two calls) + start-up.
     budget_s = options.signon_timeout_s + duration_s + 2 * options.call_timeout_s + 30.0
+    if options.audit:  # the final read-back: one call per card, sequential per lane
+        budget_s += options.call_timeout_s * max(
+            (len(lane.cards) for _, lanes in shares for lane in lanes), default=0
+        )
     deadline = time.monotonic() + budget_s
     wires: dict[int, dict[str, Any]] = {}
+    latest: dict[int, dict[str, Any]] = {}
+    fresh: set[int] = set()
+
+    def take(message: tuple[Any, ...]) -> None:
+        if len(message) == 3 and message[1] == PROGRESS_MESSAGE:
+            latest[message[0]] = message[2]
+            fresh.add(message[0])
+            # One snapshot per round, once every process has sent a new one: a sum of equals.
+            if progress is not None and len(fresh) == len(children):
+                fresh.clear()
+                progress(_progress(list(latest.values())))
+        else:
+            wires[message[0]] = message[1]
+
     try:
         while len(wires) < len(children):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError(f"client processes did not report within {budget_s:.0f} s")
             with contextlib.suppress(queue.Empty):
-                number, wire = await asyncio.to_thread(results.get, True, min(remaining, 1.0))
-                wires[number] = wire
+                take(await asyncio.to_thread(results.get, True, min(remaining, 1.0)))
             if len(wires) < len(children) and not any(c.is_alive() for c in children):
                 with contextlib.suppress(queue.Empty):  # a result may still be in the pipe
-                    number, wire = await asyncio.to_thread(results.get, True, 1.0)
-                    wires[number] = wire
+                    take(await asyncio.to_thread(results.get, True, 1.0))
                     continue
                 raise RuntimeError("a client process died without reporting")
     finally:
@@ -579,6 +793,16 @@ def _merge(
     elapsed = max(w["elapsed_s"] for w in wires) or 1e-9
     rpcs = sum(w["rpcs"] for w in wires)
     pairs = sum(w["pairs"] for w in wires)
+    operations: Counter[str] = Counter()
+    declined: Counter[str] = Counter()
+    timeline: list[int] = []
+    for wire in wires:
+        operations.update(wire["operations"])
+        declined.update(wire["operation_declines"])
+        for second, count in enumerate(wire["timeline"]):
+            if second == len(timeline):
+                timeline.append(0)
+            timeline[second] += count
     return LoadResult(
         target=target,
         seed=seed,
@@ -602,4 +826,10 @@ def _merge(
         problems=[p for w in wires for p in w["problems"]][:PROBLEMS_MAX],
         final_balances={pan: bal for w in wires for pan, bal in w["balances"].items()},
         histogram=histogram,
+        operations={
+            name: {"count": count, "declined": declined.get(name, 0)}
+            for name, count in sorted(operations.items())
+        },
+        timeline=timeline,
+        audited=sum(w["audited"] for w in wires),
     )

@@ -1,4 +1,5 @@
-"""The `fuelswitch` command: serve, status, db migrate, verify, keys, admin, channels, reconcile, settlement, demo."""
+"""The `fuelswitch` command: serve, status, db migrate, verify, keys, admin, channels, reconcile, settlement, demo,
+loadtest."""
 
 from __future__ import annotations
 
@@ -101,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     # These parse their own arguments (switch/channel_gateway.py, switch/clearing_cli.py, switch/status_cli.py).
     for name, text in CLEARING_COMMANDS.items():
         commands.add_parser(name, help=text, add_help=False)
+    commands.add_parser("loadtest", add_help=False,  # parses its own arguments (loadtest/cli.py)
+                        help="self-checking POS load against the switch and the naive baseline "
+                             "(fuelswitch loadtest --help)")
     demo = commands.add_parser("demo", help="start the switch on the embedded PostgreSQL and drive pump traffic")
     demo.add_argument("--duration-s", type=float, default=15.0)
     demo.add_argument("--terminals", type=int, default=16)
@@ -114,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         from switch import admin_cli
 
         return admin_cli.main(argv[1:])
+    if argv[:1] == ["loadtest"]:
+        from loadtest import cli as loadtest_cli
+
+        return loadtest_cli.main(argv[1:])
     if argv[:1] == ["channels"]:
         from switch import channel_gateway
 
